@@ -1,0 +1,1 @@
+"""CuPy CUDA backend: a RawModule CMM/FFF kernel (backend name ``cupy``)."""

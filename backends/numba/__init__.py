@@ -1,0 +1,1 @@
+"""Numba CPU backend: parallel, cached CMM/FFF kernels (backend name ``numba``)."""

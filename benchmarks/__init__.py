@@ -1,0 +1,1 @@
+"""Benchmarks: the pytest-benchmark suite and the comparison behind ``fff compare``."""

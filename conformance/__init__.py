@@ -1,0 +1,1 @@
+"""The conformance suite: Hypothesis checks any registered backend against the reference."""

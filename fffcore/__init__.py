@@ -1,0 +1,49 @@
+"""fffcore: fast feedforward (FFF) inference with interchangeable backends.
+
+    >>> import numpy as np, fffcore
+    >>> params = fffcore.FFFParams.random(d_in=8, d_out=4, depth=2, seed=0)
+    >>> fffcore.fff(np.ones((3, 8), np.float32), params).shape
+    (3, 4)
+
+See :mod:`fffcore.spec` for the exact semantics, :mod:`fffcore.selection`
+for how a backend is chosen, and :mod:`fffcore.hookspecs` for writing one.
+"""
+
+from fffcore.api import CMMResult, cmm, fff
+from fffcore.backend import Availability, Backend
+from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl
+from fffcore.params import FFFParams
+from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBackendError, registry
+from fffcore.selection import use_backend
+from fffcore.spec import ACTIVATIONS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "ENTRY_POINT_GROUP",
+    "Availability",
+    "Backend",
+    "BackendInfo",
+    "BackendUnavailableError",
+    "CMMResult",
+    "FFFParams",
+    "UnknownBackendError",
+    "__version__",
+    "cmm",
+    "fff",
+    "get_backend",
+    "hookimpl",
+    "list_backends",
+    "use_backend",
+]
+
+
+def list_backends() -> list[BackendInfo]:
+    """Every registered backend (available or not, with the reason and the fix) and every broken plugin."""
+    return registry().infos()
+
+
+def get_backend(name: str) -> Backend:
+    """The named backend; raises :class:`UnknownBackendError` or :class:`BackendUnavailableError`."""
+    return registry().get(name)

@@ -1,0 +1,100 @@
+"""``Backend``: what a backend declares and implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fffcore.spec import ACTIVATIONS, REQUIRED_DTYPES
+
+if TYPE_CHECKING:
+    from fffcore.params import FFFParams
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here; when not, why (``reason``) and how to fix it (``fix``)."""
+
+    available: bool
+    reason: str = ""
+    fix: str = ""
+
+
+AVAILABLE = Availability(True)
+
+
+class Backend:
+    """Base class of every backend, built-in or third-party.
+
+    Capabilities are declared once as class attributes; fffcore uses them to
+    check calls before they reach the backend, to choose a backend
+    automatically, in ``fff backends``, and in the conformance suite to decide
+    which cases apply.
+
+    Attributes:
+        name: unique backend name, used in ``backend=...``, ``use_backend`` and
+            ``FFFCORE_BACKEND``.
+        description: one line for ``fff backends``.
+        array_types: the array libraries whose arrays the backend accepts and
+            returns (``"numpy"``, ``"torch"``, ``"cupy"``); results come back in
+            the input's array type.
+        devices: where it computes (``"cpu"``, ``"cuda"``).
+        dtypes: the floating dtypes it computes in; must include float32 and float64.
+        activations: the activations it implements.
+        priority: for automatic choice; among available backends that accept
+            the input's array type (and, for numpy input, compute on the CPU),
+            the highest priority wins. The reference has 0.
+        install: the command that makes the backend available, e.g.
+            ``pip install 'fffcore[numba]'``.
+
+    fffcore validates every call before it reaches ``cmm`` or ``fff``: the
+    parameters are an :class:`fffcore.FFFParams` whose dtype and activation the
+    backend declares; ``x`` is an array of a declared array type with a real
+    floating dtype and shape ``(B, d_in)`` (leading dimensions are flattened
+    before and restored after the call; ``B`` may be 0). The backend converts
+    ``x`` to ``params.dtype`` itself, must never write to ``x`` or the
+    parameters, and must be safe to call from several threads at once.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    array_types: ClassVar[tuple[str, ...]] = ("numpy",)
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    dtypes: ClassVar[tuple[str, ...]] = REQUIRED_DTYPES
+    activations: ClassVar[tuple[str, ...]] = ACTIVATIONS
+    priority: ClassVar[int] = 0
+    install: ClassVar[str] = ""
+
+    def availability(self) -> Availability:
+        """Whether the backend can run here. Must not raise; called at most once per process."""
+        return AVAILABLE
+
+    def version(self) -> str:
+        """Version of the library behind the backend, for reports; empty when none."""
+        return ""
+
+    def cmm(self, x: Any, params: FFFParams) -> tuple[Any, Any]:
+        """Conditional matrix multiplication of every row of ``x``.
+
+        Args:
+            x: (B, d_in) floating array of a declared array type.
+            params: validated parameters, ``params.dtype`` declared by the backend.
+
+        Returns:
+            ``(logits, nodes)``: logits (B, K, D+1) in ``params.dtype`` and the
+            visited nodes (B, K, D+1) as int64 heap indices within each tree,
+            both in the input's array type and on its device.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not implement cmm")
+
+    def fff(self, x: Any, params: FFFParams) -> Any:
+        """The FFF layer output of every row of ``x``.
+
+        Args:
+            x: (B, d_in) floating array of a declared array type.
+            params: validated parameters.
+
+        Returns:
+            (B, d_out) array in ``params.dtype``, in the input's array type and on its device.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not implement fff")

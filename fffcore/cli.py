@@ -1,0 +1,36 @@
+"""The ``fff`` command. Each subcommand lives in its own module under :mod:`fffcore.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Subcommand modules; each defines ``add_parser(subparsers)``, which sets ``func``
+#: (taking the parsed arguments, returning the exit code) as the parser default.
+COMMAND_MODULES: tuple[str, ...] = ("fffcore.commands.backends",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fffcore import __version__
+
+    parser = argparse.ArgumentParser(prog="fff", description="fast feedforward (FFF) inference: fffcore's command line")
+    parser.add_argument("--version", action="version", version=f"fffcore {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.print_help()
+        return 2
+    return int(arguments.func(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``fff`` command line, one module each."""

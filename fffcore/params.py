@@ -1,0 +1,202 @@
+"""``FFFParams``: one validated set of FFF layer parameters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fffcore.arrays import array_type
+from fffcore.spec import (
+    ACTIVATIONS,
+    DEFAULT_ACTIVATION,
+    FLOATING_DTYPES,
+    depth_from_node_count,
+    dtype_name,
+    is_floating,
+    node_count,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class FFFParams:
+    """The weights of one FFF layer, validated once at construction.
+
+    Attributes:
+        w_in: (K, N, d_in) input weights, one row per node in heap order.
+        b_in: (K, N) input biases, or None for a layer without bias.
+        w_out: (K, N, d_out) output weights, one row per node.
+        activation: one of :data:`fffcore.spec.ACTIVATIONS`.
+
+    All arrays share one floating dtype and one array type. numpy arrays are
+    stored as read-only C-contiguous views (a copy only when the input was not
+    contiguous), so later changes to the caller's arrays through other views
+    are the caller's business, and fffcore itself never writes to them. Arrays
+    of other libraries (torch tensors, cupy arrays) are kept as given.
+    """
+
+    w_in: Any
+    b_in: Any
+    w_out: Any
+    activation: str = DEFAULT_ACTIVATION
+    # Derived once in __post_init__; listed here so the dataclass repr shows them.
+    depth: int = field(init=False)
+    trees: int = field(init=False)
+    n_nodes: int = field(init=False)
+    d_in: int = field(init=False)
+    d_out: int = field(init=False)
+    dtype: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        w_in = _as_array(self.w_in, "w_in")
+        w_out = _as_array(self.w_out, "w_out")
+        b_in = None if self.b_in is None else _as_array(self.b_in, "b_in")
+
+        if len(w_in.shape) != 3:
+            raise ValueError(
+                "w_in: expected a 3-D array of shape (trees, nodes, d_in), "
+                f"got {len(w_in.shape)}-D shape {tuple(w_in.shape)}"
+            )
+        trees, n_nodes, d_in = (int(s) for s in w_in.shape)
+        if trees < 1:
+            raise ValueError(f"w_in: expected at least 1 tree, got shape {tuple(w_in.shape)}")
+        depth = depth_from_node_count(n_nodes)
+        if depth is None:
+            raise ValueError(
+                f"w_in: the node count (axis 1) must be 2**(depth+1) - 1 (1, 3, 7, 15, ...), got {n_nodes}"
+            )
+        if d_in < 1:
+            raise ValueError(f"w_in: expected d_in >= 1 (axis 2), got shape {tuple(w_in.shape)}")
+        if len(w_out.shape) != 3 or tuple(w_out.shape[:2]) != (trees, n_nodes):
+            raise ValueError(
+                f"w_out: expected shape ({trees}, {n_nodes}, d_out) to match w_in's "
+                f"(trees, nodes), got {tuple(w_out.shape)}"
+            )
+        d_out = int(w_out.shape[2])
+        if d_out < 1:
+            raise ValueError(f"w_out: expected d_out >= 1 (axis 2), got shape {tuple(w_out.shape)}")
+        if b_in is not None and tuple(b_in.shape) != (trees, n_nodes):
+            raise ValueError(
+                f"b_in: expected shape ({trees}, {n_nodes}) to match w_in's (trees, nodes), got {tuple(b_in.shape)}"
+            )
+
+        dtype = dtype_name(w_in.dtype)
+        if not is_floating(dtype):
+            raise TypeError(f"w_in: expected a floating dtype {FLOATING_DTYPES}, got {dtype}")
+        for name, array in (("b_in", b_in), ("w_out", w_out)):
+            if array is not None and dtype_name(array.dtype) != dtype:
+                raise TypeError(f"{name}: expected dtype {dtype} to match w_in, got {dtype_name(array.dtype)}")
+        kinds = {array_type(a) for a in (w_in, b_in, w_out) if a is not None}
+        if len(kinds) != 1:
+            raise TypeError(f"w_in, b_in, w_out: expected one array type, got {sorted(kinds)}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
+
+        for name, value in (
+            ("w_in", w_in),
+            ("b_in", b_in),
+            ("w_out", w_out),
+            ("depth", depth),
+            ("trees", trees),
+            ("n_nodes", n_nodes),
+            ("d_in", d_in),
+            ("d_out", d_out),
+            ("dtype", dtype),
+        ):
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        return (
+            f"FFFParams(trees={self.trees}, depth={self.depth}, d_in={self.d_in}, "
+            f"d_out={self.d_out}, dtype={self.dtype}, bias={self.has_bias}, "
+            f"activation={self.activation!r}, array_type={self.array_type!r})"
+        )
+
+    @property
+    def has_bias(self) -> bool:
+        return self.b_in is not None
+
+    @property
+    def array_type(self) -> str:
+        """``"numpy"``, ``"torch"`` or ``"cupy"``: the library the arrays belong to."""
+        return array_type(self.w_in)
+
+    def astype(self, dtype: str | np.dtype) -> FFFParams:
+        """A copy of numpy parameters in another floating dtype."""
+        self._require_numpy("astype")
+        target = np.dtype(dtype)
+        return FFFParams(
+            self.w_in.astype(target),
+            None if self.b_in is None else self.b_in.astype(target),
+            self.w_out.astype(target),
+            self.activation,
+        )
+
+    def with_activation(self, activation: str) -> FFFParams:
+        """The same weights with another activation (no copy)."""
+        return FFFParams(self.w_in, self.b_in, self.w_out, activation)
+
+    def _require_numpy(self, what: str) -> None:
+        if self.array_type != "numpy":
+            raise TypeError(f"FFFParams.{what}: expected numpy parameters, got {self.array_type}")
+
+    @classmethod
+    def random(
+        cls,
+        d_in: int,
+        d_out: int,
+        depth: int,
+        trees: int = 1,
+        *,
+        bias: bool = True,
+        activation: str = DEFAULT_ACTIVATION,
+        dtype: str | np.dtype = "float32",
+        seed: int | None = None,
+    ) -> FFFParams:
+        """Random numpy parameters with UltraFastBERT's initialisation.
+
+        ``w_in`` and ``b_in`` are uniform in +-1/sqrt(d_in); ``w_out`` is uniform in
+        +-1/sqrt((depth+1) * trees), the number of neurons each row visits.
+        Values are drawn in float64 from ``numpy.random.default_rng(seed)`` and
+        then rounded to ``dtype``, so one seed gives the same layer in every dtype.
+        """
+        for name, value, low in (("d_in", d_in, 1), ("d_out", d_out, 1), ("depth", depth, 0), ("trees", trees, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+            if value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+        try:
+            target = np.dtype(dtype)
+        except TypeError as error:
+            raise TypeError(f"dtype: expected a numpy floating dtype, got {dtype!r}") from error
+        if not is_floating(target.name):
+            raise TypeError(f"dtype: expected a numpy floating dtype, got {target.name}")
+        rng = np.random.default_rng(seed)
+        n_nodes = node_count(int(depth))
+        in_bound = 1.0 / math.sqrt(d_in)
+        out_bound = 1.0 / math.sqrt((depth + 1) * trees)
+        w_in = rng.uniform(-in_bound, in_bound, (trees, n_nodes, d_in))
+        b_in = rng.uniform(-in_bound, in_bound, (trees, n_nodes)) if bias else None
+        w_out = rng.uniform(-out_bound, out_bound, (trees, n_nodes, d_out))
+        return cls(
+            w_in.astype(target),
+            None if b_in is None else b_in.astype(target),
+            w_out.astype(target),
+            activation,
+        )
+
+
+def _as_array(value: Any, name: str) -> Any:
+    """numpy arrays become read-only contiguous views; other array types pass through."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.ndarray):
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # ragged lists and the like
+        raise TypeError(f"{name}: expected an array, got {type(value).__name__}: {error}") from error
+    array = np.ascontiguousarray(array)
+    view = array.view()
+    view.flags.writeable = False
+    return view
