@@ -13,7 +13,8 @@ from fffcore.api import CMMResult, cmm, fff
 from fffcore.backend import Availability, Backend
 from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl
 from fffcore.params import FFFParams
-from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBackendError, registry
+from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBackendError
+from fffcore.registry import registry as _registry
 from fffcore.selection import use_backend
 from fffcore.spec import ACTIVATIONS
 
@@ -41,9 +42,9 @@ __all__ = [
 
 def list_backends() -> list[BackendInfo]:
     """Every registered backend (available or not, with the reason and the fix) and every broken plugin."""
-    return registry().infos()
+    return _registry().infos()
 
 
 def get_backend(name: str) -> Backend:
     """The named backend; raises :class:`UnknownBackendError` or :class:`BackendUnavailableError`."""
-    return registry().get(name)
+    return _registry().get(name)

@@ -25,7 +25,9 @@ def gelu(x: np.ndarray) -> np.ndarray:
     erfc rather than ``1 + erf`` keeps full relative accuracy for negative x.
     """
     z = x.astype(np.float64)
-    return _at_minus_infinity(z, 0.0, 0.5 * z * _erfc(-z * _SQRT_HALF).astype(np.float64)).astype(x.dtype)
+    with np.errstate(invalid="ignore"):  # -inf * erfc(inf) = -inf * 0, replaced by the limit below
+        value = 0.5 * z * _erfc(-z * _SQRT_HALF).astype(np.float64)
+    return _at_minus_infinity(z, 0.0, value).astype(x.dtype)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,53 @@
+"""The ``fff`` command line: ``fff backends``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fffcore.cli import main
+
+from .conftest import FakeBackend, plugin_with
+
+
+def test_backends_lists_status_reason_and_fix(use_registry, capsys):
+    use_registry(("off", plugin_with(FakeBackend("off", available=False))))
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "reference  available" in out
+    assert "off        unavailable" in out
+    assert "why: fakelib is not installed" in out
+    assert "fix: pip install fakelib" in out
+
+
+def test_backends_json(use_registry, capsys):
+    use_registry(("off", plugin_with(FakeBackend("off", available=False))))
+    assert main(["backends", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["reference"]["available"] is True
+    assert rows["reference"]["dtypes"] == ["float32", "float64"]
+    assert rows["off"]["reason"] == "fakelib is not installed"
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "backends" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("fff") is None, reason="the fff console script is not installed (pip install -e .)")
+def test_console_script_runs():
+    done = subprocess.run(["fff", "backends"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "reference" in done.stdout
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "fffcore.cli", "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("fffcore ")

@@ -1,0 +1,120 @@
+"""Backend selection: argument, then context, then FFFCORE_BACKEND, then automatic by array type."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fffcore
+from fffcore.selection import BACKEND_VARIABLE, select_backend
+
+from .conftest import FakeBackend, plugin_with
+
+X = np.ones((2, 3), np.float32)
+
+
+@pytest.fixture
+def fakes(use_registry, monkeypatch):
+    monkeypatch.delenv(BACKEND_VARIABLE, raising=False)
+    backends = {
+        "slow": FakeBackend("slow", priority=1),
+        "fast": FakeBackend("fast", priority=10),
+        "faster_but_off": FakeBackend("faster_but_off", priority=99, available=False),
+        "context": FakeBackend("context"),
+        "environment": FakeBackend("environment"),
+        "explicit": FakeBackend("explicit"),
+    }
+    use_registry(("fakes", plugin_with(*backends.values())))
+    return backends
+
+
+def test_automatic_choice_takes_the_fastest_available(fakes):
+    assert select_backend(X).name == "fast"
+
+
+def test_environment_beats_automatic(fakes, monkeypatch):
+    monkeypatch.setenv(BACKEND_VARIABLE, "environment")
+    assert select_backend(X).name == "environment"
+
+
+def test_context_beats_environment(fakes, monkeypatch):
+    monkeypatch.setenv(BACKEND_VARIABLE, "environment")
+    with fffcore.use_backend("context"):
+        assert select_backend(X).name == "context"
+    assert select_backend(X).name == "environment"
+
+
+def test_argument_beats_context(fakes, monkeypatch):
+    monkeypatch.setenv(BACKEND_VARIABLE, "environment")
+    with fffcore.use_backend("context"):
+        assert select_backend(X, "explicit").name == "explicit"
+
+
+def test_the_chosen_backend_is_the_one_that_runs(fakes):
+    params = fffcore.FFFParams.random(3, 2, 1, seed=0)
+    with fffcore.use_backend("context"):
+        fffcore.fff(X, params)
+    fffcore.fff(X, params, backend="explicit")
+    assert fakes["context"].calls == ["fff"]
+    assert fakes["explicit"].calls == ["fff"]
+
+
+def test_contexts_nest_and_restore(fakes):
+    with fffcore.use_backend("slow"):
+        with fffcore.use_backend("context"):
+            assert select_backend(X).name == "context"
+        assert select_backend(X).name == "slow"
+    assert select_backend(X).name == "fast"
+
+
+def test_context_is_per_thread(fakes):
+    seen = []
+    with fffcore.use_backend("context"):
+        thread = threading.Thread(target=lambda: seen.append(select_backend(X).name))
+        thread.start()
+        thread.join()
+    assert seen == ["fast"]
+
+
+def test_use_backend_checks_the_name_on_entry(fakes):
+    with pytest.raises(fffcore.UnknownBackendError, match="known backends"):
+        with fffcore.use_backend("nope"):
+            pass
+    with pytest.raises(fffcore.BackendUnavailableError, match="fakelib is not installed; to fix: pip install fakelib"):
+        with fffcore.use_backend("faster_but_off"):
+            pass
+
+
+def test_unknown_name_in_environment_is_an_error(fakes, monkeypatch):
+    monkeypatch.setenv(BACKEND_VARIABLE, "nope")
+    with pytest.raises(fffcore.UnknownBackendError, match="unknown backend 'nope'"):
+        select_backend(X)
+
+
+def test_empty_environment_variable_means_automatic(fakes, monkeypatch):
+    monkeypatch.setenv(BACKEND_VARIABLE, "")
+    assert select_backend(X).name == "fast"
+
+
+def test_backend_argument_must_be_a_string(fakes):
+    with pytest.raises(TypeError, match="backend: expected a backend name"):
+        select_backend(X, 3)
+
+
+def test_array_type_without_backend(fakes):
+    class Foreign:
+        __module__ = "jax.numpy"
+        shape = (1, 3)
+        dtype = np.dtype("float32")
+
+    with pytest.raises(TypeError, match="x: no available backend accepts jax arrays"):
+        select_backend(Foreign())
+
+
+def test_backend_that_does_not_accept_the_array_type(use_registry):
+    use_registry(("only_torch", plugin_with(FakeBackend("only_torch", array_types=("torch",)))))
+    params = fffcore.FFFParams.random(3, 2, 1, seed=0)
+    with pytest.raises(TypeError, match="x: backend 'only_torch' accepts torch arrays, got numpy"):
+        fffcore.fff(X, params, backend="only_torch")
