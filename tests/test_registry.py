@@ -164,3 +164,16 @@ def test_reset_registry_reloads(use_registry):
     assert "extra" in registry_module.registry().backends
     registry_module.reset_registry()
     assert "extra" not in registry_module.registry().backends
+
+
+def test_every_hook_is_documented():
+    import inspect
+
+    from fffcore import hookspecs
+
+    hooks = [f for _, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "fffcore_spec")]
+    assert [h.__name__ for h in hooks] == ["register_backends"]
+    for hook in hooks:
+        doc = inspect.getdoc(hook) or ""
+        for argument in inspect.signature(hook).parameters:
+            assert f"{argument}:" in doc, f"{hook.__name__} does not document {argument}"
