@@ -18,10 +18,11 @@ X = np.ones((2, 3), np.float32)
 @pytest.fixture
 def fakes(use_registry, monkeypatch):
     monkeypatch.delenv(BACKEND_VARIABLE, raising=False)
+    # Priorities above every built-in backend's, so the automatic choice is among the fakes.
     backends = {
-        "slow": FakeBackend("slow", priority=1),
-        "fast": FakeBackend("fast", priority=10),
-        "faster_but_off": FakeBackend("faster_but_off", priority=99, available=False),
+        "slow": FakeBackend("slow", priority=1001),
+        "fast": FakeBackend("fast", priority=1010),
+        "faster_but_off": FakeBackend("faster_but_off", priority=1099, available=False),
         "context": FakeBackend("context"),
         "environment": FakeBackend("environment"),
         "explicit": FakeBackend("explicit"),

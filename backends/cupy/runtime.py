@@ -1,0 +1,249 @@
+"""Running the kernels through cupy: compiled-module cache, device copies of the weights, launches.
+
+cupy is imported inside the functions that need it, never at module import.
+All decisions (variant, geometry, tree groups) come from
+:mod:`fffcore.backends.cupy.kernel_plan`; this module only moves arrays and
+launches what the plan says.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fffcore.arrays import array_type
+from fffcore.backends.cupy.kernel_plan import (
+    CMM_SCALAR_DTYPES,
+    FFF_SCALAR_DTYPES,
+    WARPS_PER_BLOCK,
+    KernelConfig,
+    KernelLaunch,
+    cmm_launches,
+    compile_options,
+    dtype_traits,
+    fff_launches,
+    kernel_config,
+    kernel_source,
+)
+from fffcore.params import FFFParams
+
+
+class KernelCache:
+    """Compiled kernels, one module per (device, kernel variant); safe to use from several threads.
+
+    cupy also keeps its own on-disk cache of NVRTC output (``~/.cupy/kernel_cache``),
+    so a new process pays for module loading, not for compilation.
+    """
+
+    def __init__(self) -> None:
+        self._modules: dict[tuple[int, KernelConfig], Any] = {}
+        self._functions: dict[tuple[int, KernelConfig, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def function(self, cupy: Any, device_id: int, config: KernelConfig, name: str) -> Any:
+        """The kernel ``name`` of ``config``'s variant on ``device_id`` (the current device)."""
+        key = (device_id, config, name)
+        function = self._functions.get(key)
+        if function is None:
+            with self._lock:
+                function = self._functions.get(key)
+                if function is None:
+                    module = self._modules.get(key[:2])
+                    if module is None:
+                        module = cupy.RawModule(code=kernel_source(), options=compile_options(config))
+                        self._modules[key[:2]] = module
+                    function = self._functions[key] = module.get_function(name)
+        return function
+
+
+@dataclass(frozen=True)
+class DeviceWeights:
+    """C-contiguous device arrays of one layer on one device; ``b_in`` None without bias."""
+
+    w_in: Any
+    b_in: Any
+    w_out: Any
+
+
+class WeightCache:
+    """Device weights per :class:`FFFParams` object and device, kept as long as the params live.
+
+    numpy parameters are copied to the device once. cupy parameters are used
+    in place; they are remembered only when they are already C-contiguous (so
+    no copy is cached that could go stale), which saves the per-call checks.
+    """
+
+    def __init__(self) -> None:
+        self._weights: weakref.WeakKeyDictionary[FFFParams, dict[int, DeviceWeights]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def weights(self, cupy: Any, params: FFFParams, device_id: int) -> DeviceWeights:
+        """The layer's weights on ``device_id`` (the current device)."""
+        per_device = self._weights.get(params)
+        cached = None if per_device is None else per_device.get(device_id)
+        if cached is not None:
+            return cached
+        kind = params.array_type
+        if kind == "cupy":
+            weights, in_place = _cupy_weights(cupy, params, device_id)
+            if not in_place:
+                return weights
+        elif kind == "numpy":
+            weights = DeviceWeights(
+                cupy.asarray(params.w_in),
+                None if params.b_in is None else cupy.asarray(params.b_in),
+                cupy.asarray(params.w_out),
+            )
+        else:
+            raise TypeError(f"params: the cupy backend takes numpy or cupy parameters, got {kind}")
+        with self._lock:
+            # Another thread may have stored an equivalent copy meanwhile; keep the first.
+            return self._weights.setdefault(params, {}).setdefault(device_id, weights)
+
+
+def _cupy_weights(cupy: Any, params: FFFParams, device_id: int) -> tuple[DeviceWeights, bool]:
+    """The cupy parameters as contiguous arrays, and whether they are the given arrays themselves."""
+    for name in ("w_in", "b_in", "w_out"):
+        array = getattr(params, name)
+        if array is not None and int(array.device.id) != device_id:
+            raise ValueError(
+                f"params.{name}: expected an array on CUDA device {device_id} like x, got device {array.device.id}"
+            )
+    arrays = (params.w_in, params.b_in, params.w_out)
+    if all(array is None or array.flags.c_contiguous for array in arrays):
+        return DeviceWeights(*arrays), True
+    contiguous = (None if array is None else cupy.ascontiguousarray(array) for array in arrays)
+    return DeviceWeights(*contiguous), False
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    """``x`` as C-contiguous device rows of the params dtype, and where the result must go back to."""
+
+    rows: Any
+    device_id: int
+    return_numpy: bool
+
+
+def device_rows(cupy: Any, x: Any, dtype: str) -> DeviceRows:
+    """Copy or convert ``x`` (B, d_in) to the device in ``dtype``; never writes ``x``.
+
+    numpy input goes to the current device and the result comes back as numpy;
+    cupy input stays on its device, copied only when it is strided or of another dtype.
+    """
+    kind = array_type(x)
+    if kind == "numpy":
+        return DeviceRows(cupy.asarray(np.ascontiguousarray(x, dtype=dtype)), int(cupy.cuda.Device().id), True)
+    if kind == "cupy":
+        device_id = int(x.device.id)
+        with cupy.cuda.Device(device_id):
+            return DeviceRows(cupy.ascontiguousarray(x, dtype=dtype), device_id, False)
+    raise TypeError(f"x: the cupy backend takes numpy or cupy arrays, got {kind}")
+
+
+def _pointer(array: Any) -> int:
+    return int(array.data.ptr)
+
+
+# Typed explicitly: the kernel's `long long rows` and `int` arguments must be passed at their exact widths.
+# Cached per launch, since the same plans come back call after call.
+@functools.lru_cache(maxsize=1024)
+def _typed_scalars(launch: KernelLaunch, dtypes: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(np.dtype(dtype).type(value) for dtype, value in zip(dtypes, launch.scalars, strict=True))
+
+
+def _launch(kernel: Any, launch: KernelLaunch, arrays: tuple[Any, ...], dtypes: tuple[str, ...]) -> None:
+    geometry = launch.geometry
+    kernel(
+        (geometry.grid,),
+        (geometry.block,),
+        arrays + _typed_scalars(launch, dtypes),
+        shared_mem=geometry.shared_bytes,
+    )
+
+
+def run_fff(
+    x: Any,
+    params: FFFParams,
+    kernels: KernelCache,
+    weights: WeightCache,
+    *,
+    warps_per_block: int = WARPS_PER_BLOCK,
+) -> Any:
+    """The fused FFF layer: (B, d_in) -> (B, d_out) in ``params.dtype``, in ``x``'s array type.
+
+    ``warps_per_block`` is a tuning knob for benchmarks (a power of two from 1
+    to 32); the backend always uses the default.
+    """
+    import cupy
+
+    traits = dtype_traits(params.dtype)
+    prepared = device_rows(cupy, x, params.dtype)
+    with cupy.cuda.Device(prepared.device_id):
+        layer = weights.weights(cupy, params, prepared.device_id)
+        rows = prepared.rows
+        y = cupy.empty((rows.shape[0], params.d_out), dtype=params.dtype)
+        launches = fff_launches(
+            int(rows.shape[0]),
+            params.trees,
+            params.depth,
+            params.d_in,
+            params.d_out,
+            traits.compute_itemsize,
+            warps_per_block=warps_per_block,
+        )
+        if launches:
+            config = kernel_config(
+                dtype=params.dtype,
+                activation=params.activation,
+                has_bias=layer.b_in is not None,
+                d_in=params.d_in,
+                d_out=params.d_out,
+                in_addresses=(_pointer(rows), _pointer(layer.w_in)),
+                out_addresses=(_pointer(layer.w_out), _pointer(y)),
+                warps_per_block=warps_per_block,
+            )
+            kernel = kernels.function(cupy, prepared.device_id, config, launches[0].kernel)
+            # Without a bias, w_in stands in for b_in: that variant never reads it.
+            b_in = layer.w_in if layer.b_in is None else layer.b_in
+            arrays = (rows, layer.w_in, b_in, layer.w_out, y)
+            for launch in launches:
+                _launch(kernel, launch, arrays, FFF_SCALAR_DTYPES)
+    return y.get() if prepared.return_numpy else y
+
+
+def run_cmm(x: Any, params: FFFParams, kernels: KernelCache, weights: WeightCache) -> tuple[Any, Any]:
+    """CMM: logits (B, K, D+1) in ``params.dtype`` and nodes (B, K, D+1) int64, in ``x``'s array type."""
+    import cupy
+
+    prepared = device_rows(cupy, x, params.dtype)
+    with cupy.cuda.Device(prepared.device_id):
+        layer = weights.weights(cupy, params, prepared.device_id)
+        rows = prepared.rows
+        shape = (rows.shape[0], params.trees, params.depth + 1)
+        logits = cupy.empty(shape, dtype=params.dtype)
+        nodes = cupy.empty(shape, dtype=np.int64)
+        launches = cmm_launches(int(rows.shape[0]), params.trees, params.depth, params.d_in)
+        if launches:
+            config = kernel_config(
+                dtype=params.dtype,
+                activation=params.activation,
+                has_bias=layer.b_in is not None,
+                d_in=params.d_in,
+                d_out=params.d_out,
+                in_addresses=(_pointer(rows), _pointer(layer.w_in)),
+                # cmm touches no output rows; the fff variant's vec_out keeps one module for both kernels.
+                out_addresses=(_pointer(layer.w_out),),
+            )
+            kernel = kernels.function(cupy, prepared.device_id, config, launches[0].kernel)
+            b_in = layer.w_in if layer.b_in is None else layer.b_in
+            for launch in launches:
+                _launch(kernel, launch, (rows, layer.w_in, b_in, logits, nodes), CMM_SCALAR_DTYPES)
+    if prepared.return_numpy:
+        return logits.get(), nodes.get()
+    return logits, nodes

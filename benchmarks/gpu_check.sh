@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The GPU check of the cupy backend, for a machine with an NVIDIA GPU (docs/cupy.md).
+#
+# Steps, each with its own time limit; a failing step is recorded and the next one runs:
+#   1. make this checkout importable (pip install --no-deps -e ., else a path shim; nothing from the network)
+#   2. fff backends                      (what is available, and why not)
+#   3. fff check cupy                    (the conformance suite on the cupy backend)
+#   4. fff check cupy --dtype float16    (the undeclared float16 variant, declared for this step only
+#                                         through FFFCORE_CUPY_FLOAT16=1)
+#   5. fff check torch --device cuda     (the torch backend on CUDA)
+#   6. the benchmark: cupy FFF vs torch dense Linear-GELU-Linear (cuBLAS), width 768, depth 11,
+#      batches 1/4096/16384, float32 and bfloat16, into benchmarks/results/gpu_<stamp>.json
+# Total under 8 minutes: the limits below add up to 6 min 50 s (plus 5 s of grace each), plus the
+# install. Exit status: 0 when every step passed, 1 otherwise.
+#
+# Environment: PYTHON (default python3), FFF_CHECK_EXAMPLES (default 30), FFF_CHECK_SEED (default 1),
+# GPU_CHECK_RESULTS_DIR (default benchmarks/results), GPU_CHECK_COPY_TO (a folder that also receives
+# the results and logs; default $OUT when set), GPU_CHECK_DRY_RUN=1 (no GPU needed: skips the install,
+# uses the current environment, and runs the benchmark with --dry-run; the GPU steps fail and are
+# recorded, which is what a dry run checks).
+
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PYTHON=${PYTHON:-python3}
+EXAMPLES=${FFF_CHECK_EXAMPLES:-30}
+SEED=${FFF_CHECK_SEED:-1}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_DIR=${GPU_CHECK_RESULTS_DIR:-"$ROOT/benchmarks/results"}
+DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
+LOG_DIR="$RESULTS_DIR/gpu_check_$STAMP"
+RESULTS="$RESULTS_DIR/gpu_$STAMP.json"
+COPY_TO=${GPU_CHECK_COPY_TO:-${OUT:-}}
+export PYTHONUNBUFFERED=1
+mkdir -p "$LOG_DIR"
+
+STEPS=()
+FAILED=0
+
+# run_step NAME SECONDS COMMAND...: runs with a time limit, logs to $LOG_DIR/NAME.log, records the exit code.
+run_step() {
+    local name=$1 limit=$2
+    shift 2
+    local log="$LOG_DIR/$name.log"
+    echo "=== $name (limit ${limit}s): $*"
+    timeout --kill-after=5 "$limit" "$@" >"$log" 2>&1
+    local code=$?
+    tail -n 25 "$log"
+    echo "=== $name: exit $code"
+    STEPS+=("--step" "$name=$code:$log")
+    [ "$code" -eq 0 ] || FAILED=1
+}
+
+# 1. Use this checkout. An editable install needs setuptools >= 68 and no build isolation (no network);
+# if it fails, a shim folder maps the package layout of pyproject.toml onto the checkout.
+install_checkout() {
+    "$PYTHON" -m pip install --no-deps --no-build-isolation --quiet -e "$ROOT" \
+        && (cd /tmp && "$PYTHON" -c "import fffcore.backends.cupy.plugin")
+}
+if [ "$DRY_RUN" = 1 ]; then
+    echo "=== dry run: using the current environment, no install"
+elif install_checkout >"$LOG_DIR/install.log" 2>&1; then
+    echo "=== install: editable install done"
+else
+    SHIM=$(mktemp -d)
+    mkdir -p "$SHIM/fffcore"
+    for entry in "$ROOT"/fffcore/*; do ln -s "$entry" "$SHIM/fffcore/"; done
+    ln -s "$ROOT/reference" "$SHIM/fffcore/reference"
+    ln -s "$ROOT/backends" "$SHIM/fffcore/backends"
+    ln -s "$ROOT/conformance" "$SHIM/fffcore/conformance"
+    ln -s "$ROOT/benchmarks" "$SHIM/fffcore/benchmarks"
+    export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+    echo "=== install: editable install failed (see $LOG_DIR/install.log); using the path shim $SHIM"
+fi
+FFF=("$PYTHON" -m fffcore.cli)
+
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi >"$LOG_DIR/nvidia-smi.log" 2>&1
+    head -n 15 "$LOG_DIR/nvidia-smi.log"
+else
+    echo "nvidia-smi not found" | tee "$LOG_DIR/nvidia-smi.log"
+fi
+
+# 2-5. Listing and conformance.
+run_step backends 20 "${FFF[@]}" backends
+run_step check_cupy 120 "${FFF[@]}" check cupy --device cuda --max-examples "$EXAMPLES" --seed "$SEED"
+run_step check_cupy_float16 70 env FFFCORE_CUPY_FLOAT16=1 "${FFF[@]}" check cupy --device cuda --dtype float16 \
+    --max-examples "$EXAMPLES" --seed "$SEED"
+run_step check_torch_cuda 80 "${FFF[@]}" check torch --device cuda --max-examples "$EXAMPLES" --seed "$SEED"
+
+# 6. The benchmark; it records the steps above in its results file.
+BENCH_OPTIONS=()
+[ "$DRY_RUN" = 1 ] && BENCH_OPTIONS+=("--dry-run")
+echo "=== benchmark (limit 120s)"
+timeout --kill-after=5 120 "$PYTHON" -m fffcore.benchmarks.gpu_bench --out "$RESULTS" "${BENCH_OPTIONS[@]}" \
+    "${STEPS[@]}" 2>&1 | tee "$LOG_DIR/benchmark.log"
+code=${PIPESTATUS[0]}
+echo "=== benchmark: exit $code"
+[ "$code" -eq 0 ] || FAILED=1
+if [ ! -s "$RESULTS" ]; then
+    # The benchmark died before writing anything: leave a results file that says so.
+    printf '{"schema": 1, "mode": "gpu", "errors": ["benchmark exited %s before writing results; see %s"]}\n' \
+        "$code" "$LOG_DIR/benchmark.log" >"$RESULTS"
+fi
+
+if [ -n "$COPY_TO" ]; then
+    mkdir -p "$COPY_TO" && cp "$RESULTS" "$COPY_TO/" \
+        && tar -czf "$COPY_TO/gpu_check_logs_$STAMP.tar.gz" -C "$RESULTS_DIR" "gpu_check_$STAMP"
+fi
+echo "results: $RESULTS; logs: $LOG_DIR"
+exit "$FAILED"

@@ -1,0 +1,627 @@
+"""The CUDA kernels, run on the CPU: fff_kernels.cu compiled by g++ with a thread-per-lane warp emulation.
+
+``backends/cupy/cpu_emulation.cpp`` runs every CUDA thread of a launch as a
+POSIX thread (shuffles and ``__syncwarp`` meet at a per-warp barrier), so the
+kernel source itself is executed here, with the exact geometry, tree groups
+and compile options the host plan produces. Two layers of tests:
+
+* kernel level: launches planned by :mod:`kernel_plan`, checked against the
+  float64 oracle along the kernel's own path;
+* backend level: :class:`CupyBackend` end to end, with ``cupy`` replaced in
+  ``sys.modules`` by a numpy-backed stand-in whose ``RawModule`` compiles the
+  same source with the same options for the emulator, so argument order,
+  scalar widths, the bias stand-in and shared-memory sizes are all exercised.
+
+Tolerances: a logit is a sum of d_in products plus the bias, computed in the
+params dtype in some order, so ``|logit - exact| <= gamma(d_in + 1) * sum|x_i w_i| + |b|``
+with ``gamma(n) = n u / (1 - n u)`` and ``u = eps / 2`` (Higham, Accuracy and
+Stability, section 3.1). An output element is a sum of K(D+1) terms
+``act(logit) * w``; each activation is within ``ACTIVATION_EPS = 8 eps`` of the
+exact one relative to ``|act| + |logit|`` (CUDA and glibc document erfc at most 4
+ulp and tanh and exp at most 2, plus at most three roundings in the formula;
+the ``|logit|`` term covers gelu_tanh's cancellation in ``1 + tanh`` for
+negative logits), each product adds ``u`` and the sum ``gamma(K(D+1))``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fffcore.backends.cupy import kernel_plan
+from fffcore.backends.cupy.plugin import CupyBackend
+from fffcore.params import FFFParams
+from fffcore.reference.activations import activate
+from fffcore.reference.oracle import evaluate_path
+from fffcore.reference.plugin import ReferenceBackend
+
+PACKAGE_DIR = Path(kernel_plan.__file__).resolve().parent
+EMULATION_SOURCE = PACKAGE_DIR / "cpu_emulation.cpp"
+ACTIVATION_EPS = 8  # in units of eps, see the module docstring
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to run the kernels on the CPU"),
+    pytest.mark.skipif(not EMULATION_SOURCE.exists(), reason="cpu_emulation.cpp ships with the source tree only"),
+]
+
+
+def gamma(n: int, dtype: str) -> float:
+    unit = float(np.finfo(dtype).eps) / 2
+    return n * unit / (1 - n * unit)
+
+
+# --- building and calling the emulator -------------------------------------------------------------
+
+
+class Emulators:
+    """g++ builds of the emulator, one shared library per set of compile options, cached for the session."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.libraries: dict[tuple[str, ...], ctypes.CDLL] = {}
+
+    def library(self, options: tuple[str, ...], source_dir: Path = PACKAGE_DIR) -> ctypes.CDLL:
+        """The emulator of one variant, built from ``source_dir``'s cpu_emulation.cpp and fff_kernels.cu."""
+        key = (*options, str(source_dir))
+        library = self.libraries.get(key)
+        if library is None:
+            defines = [option for option in options if option.startswith("-D")]
+            assert len(defines) == len(options) - 1, f"unexpected compile options {options}"
+            target = self.directory / f"emulation_{len(self.libraries)}.so"
+            command = [
+                "g++",
+                "-std=c++17",
+                "-O1",
+                "-Wall",
+                "-Wextra",
+                "-Wno-unknown-pragmas",  # the CUDA unroll pragmas
+                "-Werror",
+                "-shared",
+                "-fPIC",
+                "-pthread",
+                f"-I{source_dir}",
+                *defines,
+                str(source_dir / EMULATION_SOURCE.name),
+                "-o",
+                str(target),
+            ]
+            built = subprocess.run(command, capture_output=True, text=True, check=False)
+            assert built.returncode == 0, f"g++ failed:\n{built.stderr}"
+            library = ctypes.CDLL(str(target))
+            library.emulate_fff_forward.restype = ctypes.c_int
+            library.emulate_fff_conditional_matmul.restype = ctypes.c_int
+            self.libraries[key] = library
+        return library
+
+
+@pytest.fixture(scope="module")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Emulators:
+    return Emulators(tmp_path_factory.mktemp("cupy_emulation"))
+
+
+def _pointer(array: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(array.ctypes.data)
+
+
+_CTYPES_BY_DTYPE = {"int64": ctypes.c_longlong, "int32": ctypes.c_int}
+
+
+def _scalars(values: tuple[int, ...], dtypes: tuple[str, ...]) -> list[Any]:
+    return [_CTYPES_BY_DTYPE[dtype](value) for dtype, value in zip(dtypes, values, strict=True)]
+
+
+def emulate_launch(library: ctypes.CDLL, launch: kernel_plan.KernelLaunch, pointers: list[Any]) -> None:
+    """Run one planned launch; pointers are the kernel's pointer arguments in order."""
+    geometry = launch.geometry
+    assert geometry.block % 32 == 0 and 0 < geometry.block <= 1024
+    assert geometry.shared_bytes <= kernel_plan.SHARED_BYTES_PER_BLOCK
+    if launch.kernel == kernel_plan.FFF_KERNEL_NAME:
+        status = library.emulate_fff_forward(
+            ctypes.c_uint(geometry.grid),
+            ctypes.c_uint(geometry.block),
+            ctypes.c_ulonglong(geometry.shared_bytes),
+            *pointers,
+            *_scalars(launch.scalars, kernel_plan.FFF_SCALAR_DTYPES),
+        )
+    else:
+        assert geometry.shared_bytes == 0
+        status = library.emulate_fff_conditional_matmul(
+            ctypes.c_uint(geometry.grid),
+            ctypes.c_uint(geometry.block),
+            *pointers,
+            *_scalars(launch.scalars, kernel_plan.CMM_SCALAR_DTYPES),
+        )
+    assert status == 0, "a warp's shuffles or __syncwarp did not line up (the launch would be undefined on a GPU)"
+
+
+def poisoned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An output buffer filled with a value no kernel writes, so unwritten elements show."""
+    if np.dtype(dtype).kind == "f":
+        return np.full(shape, -np.finfo(dtype).max, dtype=dtype)
+    return np.full(shape, -7, dtype=dtype)
+
+
+def run_kernels(
+    emulators: Emulators,
+    x: np.ndarray,
+    params: FFFParams,
+    **plan_options: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, kernel_plan.KernelConfig, list[kernel_plan.KernelLaunch]]:
+    """(logits, nodes, y, config, fff launches) of the emulated kernels, planned as the backend plans them.
+
+    ``x`` must already be C-contiguous rows of the params dtype (it may be
+    misaligned on purpose); plan_options go to the planners (warps, shared
+    limit, block cap).
+    """
+    traits = kernel_plan.dtype_traits(params.dtype)
+    rows = x.shape[0]
+    y = poisoned((rows, params.d_out), params.dtype)
+    logits = poisoned((rows, params.trees, params.depth + 1), params.dtype)
+    nodes = poisoned((rows, params.trees, params.depth + 1), np.int64)
+    warps = plan_options.get("warps_per_block", kernel_plan.WARPS_PER_BLOCK)
+    config = kernel_plan.kernel_config(
+        dtype=params.dtype,
+        activation=params.activation,
+        has_bias=params.has_bias,
+        d_in=params.d_in,
+        d_out=params.d_out,
+        in_addresses=(x.ctypes.data, params.w_in.ctypes.data),
+        out_addresses=(params.w_out.ctypes.data, y.ctypes.data),
+        warps_per_block=warps,
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    b_in = params.w_in if params.b_in is None else params.b_in
+    fff_launches = kernel_plan.fff_launches(
+        rows, params.trees, params.depth, params.d_in, params.d_out, traits.compute_itemsize, **plan_options
+    )
+    for launch in fff_launches:
+        emulate_launch(library, launch, [_pointer(a) for a in (x, params.w_in, b_in, params.w_out, y)])
+    cmm_options = {k: v for k, v in plan_options.items() if k != "shared_limit"}
+    for launch in kernel_plan.cmm_launches(rows, params.trees, params.depth, params.d_in, **cmm_options):
+        emulate_launch(library, launch, [_pointer(a) for a in (x, params.w_in, b_in, logits, nodes)])
+    return logits, nodes, y, config, fff_launches
+
+
+# --- checks against the oracle ---------------------------------------------------------------------
+
+
+def assert_valid_path(logits: np.ndarray, nodes: np.ndarray) -> None:
+    """Every path starts at the root and takes the child its own logit chooses (strictly > 0 goes right)."""
+    assert np.all(nodes[:, :, 0] == 0), "paths must start at the root"
+    expected = 2 * nodes[:, :, :-1] + 1 + (logits[:, :, :-1] > 0)
+    mismatch = np.argwhere(nodes[:, :, 1:] != expected)
+    assert mismatch.size == 0, f"nodes do not follow their logits at (row, tree, level-1) {mismatch[:5].tolist()}"
+
+
+def assert_logits_within_band(x: np.ndarray, params: FFFParams, logits: np.ndarray, nodes: np.ndarray) -> None:
+    exact = evaluate_path(x, params, nodes)
+    band = gamma(params.d_in + 1, params.dtype) * exact.logit_scale
+    error = np.abs(logits.astype(np.float64) - exact.logits)
+    worst = np.unravel_index(np.argmax(error - band), error.shape)
+    assert np.all(error <= band), f"logit error {error[worst]:.3g} > band {band[worst]:.3g} at {worst}"
+
+
+def assert_output_within_band(params: FFFParams, logits: np.ndarray, nodes: np.ndarray, y: np.ndarray) -> None:
+    """y against the float64 tree sum of act(kernel logits) along the kernel's path."""
+    wide = logits.astype(np.float64)
+    activated = activate(params.activation, wide)
+    tree = np.arange(params.trees)[None, :, None]
+    rows_out = np.asarray(params.w_out, dtype=np.float64)[tree, nodes]  # (B, K, L, d_out)
+    expected = np.einsum("bkl,bklo->bo", activated, rows_out)
+    scale = np.einsum("bkl,bklo->bo", np.abs(activated) + np.abs(wide), np.abs(rows_out))
+    eps = float(np.finfo(params.dtype).eps)
+    terms = params.trees * (params.depth + 1)
+    band = (ACTIVATION_EPS * eps + eps / 2 + gamma(terms, params.dtype)) * scale
+    error = np.abs(y.astype(np.float64) - expected)
+    worst = np.unravel_index(np.argmax(error - band), error.shape)
+    assert np.all(error <= band), f"output error {error[worst]:.3g} > band {band[worst]:.3g} at {worst}"
+
+
+def check_against_oracle(
+    x: np.ndarray, params: FFFParams, logits: np.ndarray, nodes: np.ndarray, y: np.ndarray
+) -> None:
+    assert_valid_path(logits, nodes)
+    assert_logits_within_band(x, params, logits, nodes)
+    assert_output_within_band(params, logits, nodes, y)
+
+
+def rows_for(params: FFFParams, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, params.d_in)).astype(params.dtype)
+
+
+# --- kernel level ----------------------------------------------------------------------------------
+
+# (dtype, activation, bias, d_in, d_out, depth, trees, rows): each row a different compiled variant or path of the plan.
+KERNEL_CASES = [
+    pytest.param("float32", "gelu", True, 96, 64, 3, 1, 11, id="f32-gelu-registers-vec4"),
+    pytest.param("float64", "gelu_tanh", False, 40, 24, 2, 2, 9, id="f64-gelu_tanh-nobias-vec2-masked-lanes"),
+    pytest.param("float32", "relu", True, 5, 3, 4, 3, 10, id="f32-relu-scalar-loads"),
+    pytest.param("float32", "silu", False, 36, 1, 1, 1, 1, id="f32-silu-one-row-d_out-1"),
+    pytest.param("float64", "identity", True, 2100, 8, 2, 1, 3, id="f64-identity-x-streamed"),
+    pytest.param("float32", "gelu", True, 64, 32, 0, 4, 5, id="f32-depth-0-four-trees"),
+    pytest.param("float16", "gelu", True, 200, 40, 3, 2, 7, id="f16-gelu-vec8"),
+    pytest.param("float16", "silu", False, 30, 6, 2, 1, 4, id="f16-silu-scalar-loads"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "activation", "bias", "d_in", "d_out", "depth", "trees", "rows"), KERNEL_CASES)
+def test_kernels_match_the_oracle(
+    emulators: Emulators,
+    dtype: str,
+    activation: str,
+    bias: bool,
+    d_in: int,
+    d_out: int,
+    depth: int,
+    trees: int,
+    rows: int,
+) -> None:
+    params = FFFParams.random(d_in, d_out, depth, trees, bias=bias, activation=activation, dtype=dtype, seed=d_in)
+    x = rows_for(params, rows, seed=rows)
+    logits, nodes, y, _, _ = run_kernels(emulators, x, params)
+    check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_the_variants_cover_registers_streaming_and_both_vector_widths(emulators: Emulators) -> None:
+    """Pins the kernel cases above to the variants they are meant to exercise."""
+    configs = {}
+    for case in KERNEL_CASES:
+        dtype, activation, bias, d_in, d_out, *_ = case.values
+        configs[case.id] = kernel_plan.kernel_config(
+            dtype=dtype,
+            activation=activation,
+            has_bias=bias,
+            d_in=d_in,
+            d_out=d_out,
+            in_addresses=(0,),
+            out_addresses=(0,),
+        )
+    assert configs["f32-gelu-registers-vec4"].vec_in == 4 and configs["f32-gelu-registers-vec4"].x_chunks == 1
+    masked = configs["f64-gelu_tanh-nobias-vec2-masked-lanes"]
+    assert masked.vec_in == 2 and masked.x_chunks == 1  # 40 elements: lanes 20..31 hold zeros
+    assert configs["f32-relu-scalar-loads"].vec_in == 1 and configs["f32-relu-scalar-loads"].vec_out == 1
+    assert configs["f32-silu-one-row-d_out-1"].vec_in == 4 and configs["f32-silu-one-row-d_out-1"].vec_out == 1
+    assert configs["f64-identity-x-streamed"].x_chunks == 0
+
+
+def test_one_block_strides_over_every_row(emulators: Emulators) -> None:
+    params = FFFParams.random(64, 16, 3, 1, dtype="float32", seed=3)
+    x = rows_for(params, 37, seed=4)
+    logits, nodes, y, _, launches = run_kernels(emulators, x, params, max_blocks=1, warps_per_block=2)
+    assert launches[0].geometry.grid == 1 and launches[0].geometry.block == 64
+    check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_tree_groups_accumulate_into_the_output(emulators: Emulators) -> None:
+    params = FFFParams.random(32, 12, 2, 5, dtype="float64", activation="silu", seed=5)
+    x = rows_for(params, 6, seed=6)
+    # Room for the paths of 2 trees only: groups of 2, 2 and 1, the last two accumulating.
+    limit = kernel_plan.shared_bytes_for(6, 2, 3, 8)
+    logits, nodes, y, _, launches = run_kernels(emulators, x, params, shared_limit=limit)
+    assert [launch.scalars[4:] for launch in launches] == [(0, 2, 0), (2, 2, 1), (4, 1, 1)]
+    check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_misaligned_rows_fall_back_to_scalar_loads(emulators: Emulators) -> None:
+    params = FFFParams.random(64, 32, 3, 1, dtype="float32", seed=7)
+    buffer = rows_for(params, 5, seed=8).ravel()
+    shifted = np.empty(buffer.size + 1, dtype=np.float32)[1:]  # 4 bytes past a 16-byte boundary
+    assert shifted.ctypes.data % 16 != 0
+    shifted[:] = buffer
+    x = shifted.reshape(5, 64)
+    logits, nodes, y, config, _ = run_kernels(emulators, x, params)
+    assert config.vec_in == 1 and config.vec_out == 4
+    check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_special_values_follow_the_spec(emulators: Emulators) -> None:
+    """NaN logits go left and give NaN; exact zeros go left; act(-inf) is 0, so a -inf logit adds nothing."""
+    base = FFFParams.random(32, 8, 2, 1, dtype="float32", seed=9)
+    b_in = np.array(base.b_in)
+    b_in[0, 0] = -np.inf  # every row's root logit is -inf (x finite), so it goes left and contributes 0
+    params = FFFParams(base.w_in, b_in, base.w_out, "gelu")
+    x = rows_for(params, 4, seed=10)
+    x[1, 3] = np.nan
+    logits, nodes, y, _, _ = run_kernels(emulators, x, params)
+    left_path = [0, 1, 3]
+    finite = [0, 2, 3]
+    assert np.all(logits[finite, 0, 0] == -np.inf) and np.all(nodes[:, 0, 1] == 1)
+    assert np.all(np.isnan(logits[1])) and nodes[1, 0].tolist() == left_path and np.all(np.isnan(y[1]))
+    assert np.all(np.isfinite(y[finite]))
+    _, reference_nodes = ReferenceBackend().cmm(x[finite], params)
+    np.testing.assert_array_equal(nodes[finite], reference_nodes)
+    assert_output_within_band(params, logits[finite], nodes[finite], y[finite])
+
+    no_bias = FFFParams(base.w_in, None, base.w_out, "relu")
+    zeros = np.zeros((2, 32), dtype=np.float32)
+    logits, nodes, y, _, _ = run_kernels(emulators, zeros, no_bias)
+    assert np.all(logits == 0) and nodes[0, 0].tolist() == left_path and np.all(y == 0)
+
+
+def test_the_emulation_runs_the_source_it_is_given(emulators: Emulators, tmp_path: Path) -> None:
+    """A kernel with the wrong branch (>= 0) sends exact zeros right: the emulation would catch it."""
+    source = (PACKAGE_DIR / kernel_plan.KERNEL_SOURCE_FILE).read_text(encoding="utf-8")
+    branch = "(logit > compute_t(0) ? 1 : 0)"
+    assert source.count(branch) == 1
+    (tmp_path / kernel_plan.KERNEL_SOURCE_FILE).write_text(source.replace(branch, "(logit >= compute_t(0) ? 1 : 0)"))
+    shutil.copy(EMULATION_SOURCE, tmp_path)
+    params = FFFParams.random(32, 8, 2, 1, bias=False, dtype="float32", seed=23)
+    zeros = np.zeros((1, 32), dtype=np.float32)
+    logits = poisoned((1, 1, 3), np.float32)
+    nodes = poisoned((1, 1, 3), np.int64)
+    config = kernel_plan.kernel_config(
+        dtype="float32", activation="gelu", has_bias=False, d_in=32, d_out=8, in_addresses=(0,), out_addresses=(0,)
+    )
+    mutated = emulators.library(kernel_plan.compile_options(config), source_dir=tmp_path)
+    (launch,) = kernel_plan.cmm_launches(1, 1, 2, 32)
+    emulate_launch(mutated, launch, [_pointer(a) for a in (zeros, params.w_in, params.w_in, logits, nodes)])
+    assert np.all(logits == 0) and nodes[0, 0].tolist() == [0, 2, 6]  # right, right: what the spec forbids
+
+
+def test_float16_conversions_match_numpy(emulators: Emulators) -> None:
+    config = kernel_plan.kernel_config(
+        dtype="float16", activation="identity", has_bias=False, d_in=8, d_out=8, in_addresses=(0,), out_addresses=(0,)
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    # Every float16 bit pattern widens exactly (NaN payloads aside).
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    widened = np.empty(halves.size, dtype=np.float32)
+    library.emulate_to_compute(_pointer(halves), _pointer(widened), ctypes.c_longlong(halves.size))
+    expected = halves.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(widened), nan)
+    np.testing.assert_array_equal(widened[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+    # Narrowing rounds to nearest, ties to even: every float16, every midpoint between neighbours
+    # (ties), points just beside them, overflow, subnormals, zeros, infinities and NaN.
+    finite = expected[np.isfinite(expected)].astype(np.float64)
+    ordered = np.unique(finite)
+    midpoints = (ordered[:-1] + ordered[1:]) / 2
+    near = np.concatenate([midpoints, np.nextafter(midpoints.astype(np.float32), np.float32(np.inf))])
+    specials = [65504.0, 65519.0, 65520.0, 1e6, -1e6, 2.0**-25, 2.0**-26, 1e-30, -0.0, 0.0, np.inf, -np.inf, np.nan]
+    floats = np.concatenate([finite, near, specials]).astype(np.float32)
+    rng = np.random.default_rng(24)
+    floats = np.concatenate(
+        [floats, rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 20000)]
+    )
+    floats = np.ascontiguousarray(floats, dtype=np.float32)
+    narrowed = np.empty(floats.size, dtype=np.uint16)
+    library.emulate_to_storage(_pointer(floats), _pointer(narrowed), ctypes.c_longlong(floats.size))
+    with np.errstate(over="ignore"):
+        reference = floats.astype(np.float16)
+    nan = np.isnan(reference)
+    np.testing.assert_array_equal(np.isnan(narrowed.view(np.float16)), nan)
+    np.testing.assert_array_equal(narrowed[~nan], reference[~nan].view(np.uint16))
+
+
+# --- backend level, through a numpy-backed stand-in for cupy ---------------------------------------
+
+
+class FakeDeviceArray(np.ndarray):
+    """A "device" array: numpy memory that fffcore's array_type() sees as cupy."""
+
+    @property
+    def data(self) -> Any:  # type: ignore[override]  # cupy's .data is a MemoryPointer with .ptr
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    @property
+    def device(self) -> Any:
+        return types.SimpleNamespace(id=0)
+
+    def get(self) -> np.ndarray:
+        return np.array(self, copy=True).view(np.ndarray)
+
+
+FakeDeviceArray.__module__ = "cupy"
+
+
+class FakeDevice:
+    def __init__(self, device_id: int = 0) -> None:
+        assert device_id == 0, "the stand-in has one device"
+        self.id = device_id
+
+    def __enter__(self) -> FakeDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class FakeKernel:
+    """A RawKernel stand-in: checks the arguments as CUDA would see them, then runs the emulator."""
+
+    def __init__(self, fake: FakeCupy, options: tuple[str, ...], name: str) -> None:
+        self.fake = fake
+        self.options = options
+        self.name = name
+
+    def __call__(
+        self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...], shared_mem: int = 0
+    ) -> None:
+        pointer_count = 5
+        pointers, scalars = args[:pointer_count], args[pointer_count:]
+        assert all(isinstance(a, FakeDeviceArray) for a in pointers), "every pointer argument must be a device array"
+        assert all(a.flags.c_contiguous for a in pointers)
+        dtypes = (
+            kernel_plan.FFF_SCALAR_DTYPES if self.name == kernel_plan.FFF_KERNEL_NAME else kernel_plan.CMM_SCALAR_DTYPES
+        )
+        assert [np.asarray(s).dtype.name for s in scalars] == list(dtypes), "scalar arguments at the wrong widths"
+        assert all(isinstance(s, np.generic) for s in scalars)
+        launch = kernel_plan.KernelLaunch(
+            self.name,
+            kernel_plan.LaunchGeometry(int(grid[0]), int(block[0]), int(shared_mem)),
+            tuple(int(s) for s in scalars),
+        )
+        self.fake.launches.append(launch)
+        emulate_launch(self.fake.emulators.library(self.options), launch, [_pointer(a) for a in pointers])
+
+
+class FakeModule:
+    def __init__(self, fake: FakeCupy, code: str, options: tuple[str, ...]) -> None:
+        assert code == kernel_plan.kernel_source()
+        self.fake = fake
+        self.options = tuple(options)
+
+    def get_function(self, name: str) -> FakeKernel:
+        assert name in (kernel_plan.FFF_KERNEL_NAME, kernel_plan.CMM_KERNEL_NAME)
+        return FakeKernel(self.fake, self.options, name)
+
+
+class FakeCupy(types.ModuleType):
+    """The parts of cupy the runtime uses, on numpy memory; RawModule runs the emulator."""
+
+    def __init__(self, emulators: Emulators) -> None:
+        super().__init__("cupy")
+        self.__version__ = "0-fake"
+        self.emulators = emulators
+        self.launches: list[kernel_plan.KernelLaunch] = []
+        self.modules_built = 0
+        self.cuda = types.SimpleNamespace(Device=FakeDevice)
+
+    def RawModule(self, *, code: str, options: tuple[str, ...]) -> FakeModule:  # cupy's name
+        self.modules_built += 1
+        return FakeModule(self, code, options)
+
+    def asarray(self, a: Any, dtype: Any = None) -> FakeDeviceArray:
+        return np.array(a, dtype=dtype, order="C", copy=True).view(FakeDeviceArray)
+
+    def ascontiguousarray(self, a: Any, dtype: Any = None) -> FakeDeviceArray:
+        return np.ascontiguousarray(a, dtype=dtype).view(FakeDeviceArray)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> FakeDeviceArray:
+        return poisoned(shape, dtype).view(FakeDeviceArray)
+
+
+@pytest.fixture
+def fake_cupy(emulators: Emulators, monkeypatch: pytest.MonkeyPatch) -> FakeCupy:
+    fake = FakeCupy(emulators)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return fake
+
+
+def device(fake: FakeCupy, array: np.ndarray) -> FakeDeviceArray:
+    return fake.asarray(array)
+
+
+def test_backend_numpy_in_numpy_out(fake_cupy: FakeCupy) -> None:
+    params = FFFParams.random(48, 20, 3, 2, activation="gelu_tanh", dtype="float32", seed=11)
+    x = np.random.default_rng(12).standard_normal((9, 48))  # float64 input, converted to float32 by the backend
+    before = x.copy()
+    backend = CupyBackend()
+    y = backend.fff(x, params)
+    logits, nodes = backend.cmm(x, params)
+    assert type(y) is np.ndarray and type(logits) is np.ndarray and type(nodes) is np.ndarray
+    assert y.dtype == np.float32 and logits.dtype == np.float32 and nodes.dtype == np.int64
+    assert y.shape == (9, 20) and nodes.shape == (9, 2, 4)
+    np.testing.assert_array_equal(x, before)
+    check_against_oracle(x.astype(np.float32), params, logits, nodes, y)
+    assert [launch.kernel for launch in fake_cupy.launches] == [
+        kernel_plan.FFF_KERNEL_NAME,
+        kernel_plan.CMM_KERNEL_NAME,
+    ]
+
+
+def test_backend_device_arrays_stay_on_the_device(fake_cupy: FakeCupy) -> None:
+    params = FFFParams.random(64, 32, 2, 1, bias=False, activation="relu", dtype="float64", seed=13)
+    host = np.random.default_rng(14).standard_normal((30, 128))
+    x = device(fake_cupy, host)[:, ::2]  # strided: the backend must copy it to contiguous rows
+    assert not x.flags.c_contiguous
+    y = CupyBackend().fff(x, params)
+    assert isinstance(y, FakeDeviceArray) and y.shape == (30, 32) and y.dtype == np.float64
+    logits, nodes = CupyBackend().cmm(x, params)
+    assert isinstance(logits, FakeDeviceArray) and isinstance(nodes, FakeDeviceArray)
+    check_against_oracle(np.asarray(x), params, logits.get(), nodes.get(), y.get())
+    np.testing.assert_array_equal(np.asarray(x), host[:, ::2])
+
+
+def test_backend_device_params_and_a_compiled_variant_reused(fake_cupy: FakeCupy) -> None:
+    host_params = FFFParams.random(32, 16, 2, 1, activation="silu", dtype="float32", seed=15)
+    params = FFFParams(host_params.w_in, host_params.b_in, host_params.w_out, "silu")
+    # FFFParams keeps real cupy arrays as given but turns numpy subclasses into numpy, so the stand-in's
+    # device arrays are put in place after validation, as a real cupy layer would be.
+    for name in ("w_in", "b_in", "w_out"):
+        object.__setattr__(params, name, device(fake_cupy, getattr(host_params, name)))
+    assert params.array_type == "cupy"
+    backend = CupyBackend()
+    x = device(fake_cupy, rows_for(host_params, 4, seed=16))
+    first = backend.fff(x, params).get()
+    second = backend.fff(x, params).get()
+    assert fake_cupy.modules_built == 1, "the same variant on the same device must compile once"
+    np.testing.assert_array_equal(first, second)  # deterministic: no atomics, fixed reduction order
+    logits, nodes = backend.cmm(x, params)
+    check_against_oracle(np.asarray(x), host_params, logits.get(), nodes.get(), first)
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_backend_batches_of_zero_and_one_rows(fake_cupy: FakeCupy, rows: int) -> None:
+    params = FFFParams.random(16, 4, 2, 3, dtype="float32", seed=17)
+    x = rows_for(params, rows, seed=18)
+    y = CupyBackend().fff(x, params)
+    logits, nodes = CupyBackend().cmm(x, params)
+    assert y.shape == (rows, 4) and logits.shape == (rows, 3, 3) and nodes.shape == (rows, 3, 3)
+    assert len(fake_cupy.launches) == (0 if rows == 0 else 2)
+    if rows:
+        check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_the_block_size_knob_reaches_the_launch(fake_cupy: FakeCupy) -> None:
+    from fffcore.backends.cupy.runtime import KernelCache, WeightCache, run_fff
+
+    params = FFFParams.random(64, 32, 3, 1, dtype="float32", seed=21)
+    x = rows_for(params, 9, seed=22)
+    y = run_fff(x, params, KernelCache(), WeightCache(), warps_per_block=4)
+    (launch,) = fake_cupy.launches
+    assert (launch.geometry.grid, launch.geometry.block) == (3, 128)
+    logits, nodes = ReferenceBackend().cmm(x, params)
+    check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_float16_runs_through_the_runtime_without_being_declared(fake_cupy: FakeCupy) -> None:
+    from fffcore.backends.cupy.runtime import KernelCache, WeightCache, run_cmm, run_fff
+
+    assert "float16" not in CupyBackend.dtypes  # until a GPU run passes `fff check cupy --dtype float16`
+    params = FFFParams.random(64, 24, 3, 2, activation="gelu_tanh", dtype="float16", seed=25)
+    x = np.random.default_rng(26).standard_normal((6, 64))  # float64 in, float16 out
+    kernels, weights = KernelCache(), WeightCache()
+    y = run_fff(x, params, kernels, weights)
+    logits, nodes = run_cmm(x, params, kernels, weights)
+    assert y.dtype == np.float16 and logits.dtype == np.float16 and nodes.dtype == np.int64
+    check_against_oracle(x.astype(np.float16), params, logits, nodes, y)
+
+
+def test_backend_rejects_torch_params(fake_cupy: FakeCupy) -> None:
+    torch = pytest.importorskip("torch")
+    params = FFFParams(torch.zeros(1, 3, 4), None, torch.zeros(1, 3, 2))
+    with pytest.raises(TypeError, match="params: the cupy backend takes numpy or cupy parameters, got torch"):
+        CupyBackend().fff(np.zeros((2, 4), np.float32), params)
+
+
+def test_backend_copies_strided_device_params_and_rejects_other_devices(fake_cupy: FakeCupy) -> None:
+    host_params = FFFParams.random(32, 16, 2, 1, dtype="float32", seed=19)
+    params = FFFParams(host_params.w_in, host_params.b_in, host_params.w_out)
+    wide = np.repeat(np.asarray(host_params.w_out), 2, axis=2)  # every column twice: [:, :, ::2] is w_out again
+    object.__setattr__(params, "w_in", device(fake_cupy, host_params.w_in))
+    object.__setattr__(params, "b_in", device(fake_cupy, host_params.b_in))
+    object.__setattr__(params, "w_out", device(fake_cupy, wide)[:, :, ::2])
+    assert not params.w_out.flags.c_contiguous
+    x = rows_for(host_params, 3, seed=20)
+    y = CupyBackend().fff(x, params)
+    logits, nodes = ReferenceBackend().cmm(x, host_params)
+    check_against_oracle(x, host_params, logits, nodes, y)
+
+    class OtherDeviceArray(FakeDeviceArray):
+        @property
+        def device(self) -> Any:
+            return types.SimpleNamespace(id=1)
+
+    object.__setattr__(params, "w_out", np.asarray(host_params.w_out).view(OtherDeviceArray))
+    with pytest.raises(ValueError, match=r"params\.w_out: expected an array on CUDA device 0 like x, got device 1"):
+        CupyBackend().fff(x, params)

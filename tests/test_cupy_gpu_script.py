@@ -1,0 +1,141 @@
+"""The GPU check script and its benchmark, exercised on the CPU (dry run): everything but the GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fffcore.benchmarks import gpu_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_the_script_parses() -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    subprocess.run([bash, "-n", str(SCRIPT)], check=True)
+    assert os.access(SCRIPT, os.X_OK), "gpu_check.sh must be executable"
+
+
+def test_dry_run_measures_checks_and_writes_every_case(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    code = gpu_bench.main(["--dry-run", "--batches", "1,3", "--out", str(out)])
+    report = read(out)
+    assert code == 0, report
+    assert report["mode"] == "dry-run" and report["layer"]["width"] == 768 and report["layer"]["depth"] == 11
+    cases = {(r["dtype"], r["batch"]) for r in report["results"]}
+    assert cases == {("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)}
+    for result in report["results"]:
+        assert result["errors"] == []
+        assert result["fff_seconds"] > 0 and result["dense_seconds"] > 0
+        assert result["speedup_vs_dense"] == pytest.approx(result["dense_seconds"] / result["fff_seconds"])
+        assert result["check"]["passed"] and result["check"]["valid_path"]
+        assert result["check"]["relative_error"] <= result["check"]["bound"]
+    bf16 = [r for r in report["results"] if r["dtype"] == "bfloat16"]
+    assert all(r["fff_dtype"] == "float16" for r in bf16)  # said plainly: no bfloat16 arrays in numpy or cupy
+    sweep = report["warps_sweep"]
+    assert [row["warps_per_block"] for row in sweep] == list(gpu_bench.WARPS_SWEEP)
+    assert all(row["batch"] == 3 and row["fff_seconds"] > 0 for row in sweep)
+
+
+def test_a_failing_step_is_recorded_and_the_rest_still_runs(tmp_path: Path) -> None:
+    broken_platform = gpu_bench.dry_run_platform()
+
+    def broken_fff(params: object) -> object:
+        raise RuntimeError("cudaErrorLaunchFailure: unspecified launch failure")
+
+    broken = dataclasses.replace(broken_platform, make_fff=broken_fff)
+    out = tmp_path / "results.json"
+    log = tmp_path / "check_cupy.log"
+    log.write_text("line 1\nFAIL  valid_paths\n", encoding="utf-8")
+    code = gpu_bench.main(
+        ["--batches", "2", "--dtypes", "float32", "--out", str(out), "--step", f"check_cupy=1:{log}"],
+        platform_factory=lambda: broken,
+    )
+    report = read(out)
+    assert code == 1
+    (result,) = report["results"]
+    assert result["fff_seconds"] is None and result["dense_seconds"] > 0  # dense still measured
+    assert result["errors"][0].startswith("fff: RuntimeError: cudaErrorLaunchFailure")
+    assert report["steps"] == [
+        {"name": "check_cupy", "exit_code": 1, "status": "failed", "log_tail": "line 1\nFAIL  valid_paths"}
+    ]
+
+
+def test_no_platform_still_writes_a_report(tmp_path: Path) -> None:
+    def no_gpu() -> gpu_bench.Platform:
+        raise RuntimeError("torch sees no CUDA device")
+
+    out = tmp_path / "results.json"
+    assert gpu_bench.main(["--out", str(out)], platform_factory=no_gpu) == 1
+    report = read(out)
+    assert report["results"] == [] and report["errors"][0].startswith("platform: RuntimeError: torch sees no CUDA")
+    assert report["target"]["by_dtype"] == {}
+
+
+def test_the_target_is_judged_at_the_target_batch() -> None:
+    fast = gpu_bench.CaseResult("float32", gpu_bench.TARGET_BATCH, "float32", speedup_vs_dense=12.5)
+    slow = gpu_bench.CaseResult("bfloat16", gpu_bench.TARGET_BATCH, "float32", speedup_vs_dense=3.0)
+    other = gpu_bench.CaseResult("float32", 1, "float32", speedup_vs_dense=0.5)
+    summary = gpu_bench.target_summary([fast, slow, other])
+    assert summary["by_dtype"]["float32"]["met"] and not summary["by_dtype"]["bfloat16"]["met"]
+    table = gpu_bench.format_table([fast, slow, other])
+    assert len(table.splitlines()) == 4 and "12.50" in table
+
+
+def test_timing_takes_the_median_of_samples() -> None:
+    ticks = iter(np.arange(0, 1000, 1.0))  # a clock that advances one second per reading
+    seconds, first = gpu_bench.time_with(
+        lambda x: x, [0, 1], start_timer=lambda: next(ticks), stop_timer=lambda mark: next(ticks) - mark, samples=5
+    )
+    assert first == 1.0 and seconds == 1.0  # one call per sample (each "lasts" a second), read back exactly
+
+
+def test_steps_map_exit_codes() -> None:
+    assert gpu_bench.read_step("a=0:")["status"] == "passed"
+    assert gpu_bench.read_step("a=124:")["status"] == "timed out"
+    assert gpu_bench.read_step("a=2:/nonexistent/log")["log_tail"].startswith("(log unreadable")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        GPU_CHECK_DRY_RUN="1",
+        GPU_CHECK_RESULTS_DIR=str(tmp_path),
+        PYTHON=sys.executable,
+        FFF_CHECK_EXAMPLES="1",
+        GPU_CHECK_COPY_TO="",
+        OUT="",
+    )
+    run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600, check=False)
+    (results,) = tmp_path.glob("gpu_*.json")
+    report = read(results)
+    steps = {step["name"]: step for step in report["steps"]}
+    assert set(steps) == {"backends", "check_cupy", "check_cupy_float16", "check_torch_cuda"}
+    assert steps["backends"]["status"] == "passed"
+    if not _cupy_runs_here():
+        assert steps["check_cupy"]["status"] == "failed" and steps["check_cupy_float16"]["status"] == "failed"
+        assert run.returncode == 1
+    assert len(report["results"]) == 4, run.stdout + run.stderr  # the benchmark ran after the failed step
+    assert "results:" in run.stdout
+
+
+def _cupy_runs_here() -> bool:
+    from fffcore.backends.cupy.availability import cupy_availability
+
+    return cupy_availability().available
