@@ -1,0 +1,184 @@
+"""Conformance cases: small, printable descriptions that build layers and inputs deterministically.
+
+Hypothesis draws a :class:`Case` (the structure and a numpy seed), not the
+numbers themselves, so that drawing a depth-11 layer with 768 inputs stays
+cheap, a shrunk failure reads as a handful of integers, and ``repr(case)`` is a
+copy-paste reproduction: ``Case(...).build(...)`` gives the same arrays again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fffcore.conformance.adapters import ADAPTERS, round_to_dtype, with_layout
+from fffcore.params import FFFParams
+from fffcore.spec import node_count
+
+#: How the weights are drawn: UltraFastBERT's uniform initialisation, optionally
+#: scaled by 10**scale_exponent; or small integers, which make every dot product exact.
+WEIGHT_STYLES: tuple[str, ...] = ("init", "integer")
+
+#: How the input values are drawn.
+VALUE_STYLES: tuple[str, ...] = ("normal", "integers", "zeros", "magnitudes", "subnormals", "specials")
+
+#: Memory layouts of the input (see :func:`fffcore.conformance.adapters.with_layout`).
+LAYOUTS: tuple[str, ...] = ("contiguous", "transposed", "strided")
+
+#: Largest |value| of integer-valued weights and inputs.
+INTEGER_BOUND = 2
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One FFF layer to build: sizes, bias, activation, dtype and the seed of its weights."""
+
+    d_in: int
+    d_out: int
+    depth: int
+    trees: int = 1
+    bias: bool = True
+    activation: str = "gelu"
+    dtype: str = "float64"
+    seed: int = 0
+    weights: str = "init"
+    scale_exponent: int = 0
+
+    def weight_values(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """float64 (w_in (K, N, d_in), b_in (K, N) or None, w_out (K, N, d_out)), before rounding to the dtype."""
+        rng = np.random.default_rng(self.seed)
+        shape = (self.trees, node_count(self.depth))
+        if self.weights == "integer":
+            w_in = rng.integers(-INTEGER_BOUND, INTEGER_BOUND + 1, (*shape, self.d_in)).astype(np.float64)
+            b_in = rng.integers(-INTEGER_BOUND, INTEGER_BOUND + 1, shape).astype(np.float64) if self.bias else None
+            w_out = rng.integers(-INTEGER_BOUND, INTEGER_BOUND + 1, (*shape, self.d_out)).astype(np.float64)
+            return w_in, b_in, w_out
+        in_bound = 10.0**self.scale_exponent / math.sqrt(self.d_in)
+        out_bound = 1.0 / math.sqrt((self.depth + 1) * self.trees)
+        w_in = rng.uniform(-in_bound, in_bound, (*shape, self.d_in))
+        b_in = rng.uniform(-in_bound, in_bound, shape) if self.bias else None
+        w_out = rng.uniform(-out_bound, out_bound, (*shape, self.d_out))
+        return w_in, b_in, w_out
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input: leading shape, memory layout, how values are drawn, its dtype and seed."""
+
+    leading: tuple[int, ...] = (1,)
+    values: str = "normal"
+    layout: str = "contiguous"
+    dtype: str = "float64"
+    seed: int = 0
+    exponent: int = 0
+    force_ties: bool = False
+
+    def input_values(self, layer: LayerSpec) -> np.ndarray:
+        """float64 values of shape ``leading + (d_in,)`` (before rounding to the input dtype)."""
+        rng = np.random.default_rng(self.seed)
+        shape = (*self.leading, layer.d_in)
+        if self.values == "zeros":
+            return np.zeros(shape)
+        if self.values == "integers":
+            return rng.integers(-INTEGER_BOUND, INTEGER_BOUND + 1, shape).astype(np.float64)
+        if self.values == "magnitudes":
+            # each entry has its own decade in 10**[-exponent, exponent], and a random sign
+            decades = rng.uniform(-self.exponent, self.exponent, shape)
+            return rng.choice([-1.0, 1.0], shape) * 10.0**decades
+        values = rng.standard_normal(shape)
+        if self.values == "subnormals":
+            # whole multiples of the smallest subnormal of the input dtype, mixed with normal values
+            smallest = (
+                float(np.finfo(np.dtype(self.dtype)).smallest_subnormal) if self.dtype != "bfloat16" else 2.0**-133
+            )
+            tiny = rng.integers(-64, 65, shape) * smallest
+            values = np.where(rng.random(shape) < 0.7, tiny, values)
+        elif self.values == "specials":
+            specials = rng.choice([np.inf, -np.inf, np.nan], shape)
+            chosen = rng.random(shape) < 0.2
+            if values.size:  # at least one special value, in the first row, even in a shrunk one-row case
+                chosen.reshape(-1, layer.d_in)[0, rng.integers(layer.d_in)] = True
+            values = np.where(chosen, specials, values)
+        return values
+
+
+@dataclass(frozen=True)
+class Case:
+    """A layer, an input, and the array type (with device) the input is given in."""
+
+    layer: LayerSpec
+    input: InputSpec
+    array_type: str = "numpy"
+    device: str = "cpu"
+
+    def build(self) -> Built:
+        """The arrays the backend receives and their float64 counterparts for the oracle."""
+        adapter = ADAPTERS[self.array_type]
+        layer = self.layer
+        w_in, b_in, w_out = layer.weight_values()
+        rounded = [None if w is None else round_to_dtype(w, layer.dtype) for w in (w_in, b_in, w_out)]
+        values = self.input.input_values(layer)
+        if self.input.force_ties:
+            values, rounded[1] = _force_ties(values, rounded[0], rounded[1], layer)
+        oracle_params = FFFParams(rounded[0], rounded[1], rounded[2], layer.activation)
+        if layer.dtype == "bfloat16":  # numpy has no bfloat16: the params live in the adapter's library
+            params = FFFParams(
+                *(None if w is None else adapter.from_numpy(w, "bfloat16", self.device) for w in rounded),
+                layer.activation,
+            )
+        else:
+            params = oracle_params.astype(layer.dtype)
+        x = with_layout(adapter, values, self.input.dtype, self.device, self.input.layout)
+        x_seen = adapter.to_numpy(x).astype(np.float64)  # exactly what the backend receives
+        oracle_x = round_to_dtype(x_seen, layer.dtype).reshape(-1, layer.d_in)
+        return Built(self, params, oracle_params, x, oracle_x)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A built case.
+
+    Attributes:
+        case: what was built.
+        params: the backend's parameters (numpy, or the adapter's type for bfloat16).
+        oracle_params: float64 numpy parameters holding the same values.
+        x: the backend's input, shape ``leading + (d_in,)``, in the case's array type and layout.
+        oracle_x: (B, d_in) float64: ``x`` rounded to the parameters' dtype, as every backend must round it.
+    """
+
+    case: Case
+    params: FFFParams
+    oracle_params: FFFParams
+    x: Any
+    oracle_x: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.oracle_x.shape[0])
+
+
+def _force_ties(
+    values: np.ndarray, w_in: np.ndarray, b_in: np.ndarray | None, layer: LayerSpec
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Make the first row tie (logit exactly 0) at every level of tree 0's all-left path.
+
+    With bias, each bias on the path is set to minus the (exact, integer) dot
+    product; without bias the first row becomes zeros. A backend that branches
+    on ``>= 0`` then walks the all-right path instead.
+    """
+    flat = values.reshape(-1, layer.d_in)
+    if flat.shape[0] == 0:
+        return values, b_in
+    if b_in is None:
+        flat = flat.copy()
+        flat[0] = 0.0
+        return flat.reshape(values.shape), None
+    b_in = b_in.copy()
+    node = 0
+    for _ in range(layer.depth + 1):
+        b_in[0, node] = -float(flat[0] @ w_in[0, node])
+        node = 2 * node + 1
+    return values, b_in

@@ -1,0 +1,351 @@
+"""The properties of the conformance suite, one function each, and the table that names them.
+
+Every property receives the :class:`~fffcore.conformance.target.Target` and one
+drawn :class:`~fffcore.conformance.cases.Case`, calls the backend through
+``fffcore.cmm`` / ``fffcore.fff`` (so the core's validation runs as in real
+use) and raises :class:`~fffcore.conformance.checks.PropertyFailure` when the
+backend breaks it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fffcore.arrays import array_type
+from fffcore.conformance import checks
+from fffcore.conformance.adapters import ADAPTERS, adapter_for
+from fffcore.conformance.cases import Built, Case
+from fffcore.conformance.checks import PropertyFailure
+from fffcore.conformance.target import Target
+from fffcore.params import FFFParams
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A backend's results as numpy, flattened to rows: logits and nodes (B, K, L), output (B, d_out)."""
+
+    logits: np.ndarray
+    nodes: np.ndarray
+    output: np.ndarray
+    leading: tuple[int, ...]
+
+
+def call_backend(target: Target, built: Built, *, check_types: bool = False) -> Outputs:
+    """Run ``cmm`` and ``fff`` on the case; with ``check_types``, also check shapes, dtypes, array type, device."""
+    import fffcore
+
+    x = built.x
+    leading = tuple(int(s) for s in x.shape[:-1])
+    # NaN and infinite inputs make numpy-based backends warn; the suite checks the values instead
+    with np.errstate(all="ignore"):
+        try:
+            logits, nodes = fffcore.cmm(x, built.params, backend=target.backend)
+        except Exception as error:
+            raise PropertyFailure(f"cmm raised {type(error).__name__}: {error}") from error
+        try:
+            output = fffcore.fff(x, built.params, backend=target.backend)
+        except Exception as error:
+            raise PropertyFailure(f"fff raised {type(error).__name__}: {error}") from error
+    layer = built.case.layer
+    tail = (layer.trees, layer.depth + 1)
+    expected = (
+        ("cmm logits", logits, leading + tail, layer.dtype),
+        ("cmm nodes", nodes, leading + tail, "int64"),
+        ("fff output", output, (*leading, layer.d_out), layer.dtype),
+    )
+    arrays = []
+    for what, result, shape, dtype in expected:
+        arrays.append(_as_numpy(what, result, built, shape, dtype, check_types))
+    rows = (-1,) if leading != () else (1,)
+    return Outputs(
+        arrays[0].reshape(rows + tail),
+        arrays[1].reshape(rows + tail),
+        arrays[2].reshape((*rows, layer.d_out)),
+        leading,
+    )
+
+
+def _as_numpy(
+    what: str, result: Any, built: Built, shape: tuple[int, ...], dtype: str, check_types: bool
+) -> np.ndarray:
+    case = built.case
+    kind = array_type(result)
+    adapter = adapter_for(kind)
+    if adapter is None or (check_types and kind != case.array_type):
+        raise PropertyFailure(
+            f"{what}: a {type(result).__module__}.{type(result).__name__}, expected a {case.array_type} array like x"
+        )
+    if check_types:
+        if tuple(result.shape) != shape:
+            raise PropertyFailure(f"{what}: shape {tuple(result.shape)}, expected {shape}")
+        if adapter.dtype_of(result) != dtype:
+            raise PropertyFailure(f"{what}: dtype {adapter.dtype_of(result)}, expected {dtype}")
+        if adapter.device_of(result) != adapter.device_of(built.x):
+            raise PropertyFailure(
+                f"{what}: on {adapter.device_of(result)}, expected {adapter.device_of(built.x)} like x"
+            )
+    elif tuple(result.shape) != shape:
+        raise PropertyFailure(f"{what}: shape {tuple(result.shape)}, expected {shape}")
+    return adapter.to_numpy(result)
+
+
+def result_types(target: Target, case: Case) -> None:
+    """cmm and fff results have the right shapes, dtypes (params dtype, int64 nodes), array type and device."""
+    call_backend(target, case.build(), check_types=True)
+
+
+def input_unchanged(target: Target, case: Case) -> None:
+    """Neither call writes to its input (compared byte for byte, NaN payloads included)."""
+    built = case.build()
+    adapter = ADAPTERS[case.array_type]
+    before = adapter.to_numpy(built.x)
+    call_backend(target, built)
+    after = adapter.to_numpy(built.x)
+    if before.tobytes() != after.tobytes():
+        with np.errstate(invalid="ignore"):
+            differs = (before != after) & ~(np.isnan(before) & np.isnan(after))
+        index = tuple(int(i) for i in np.argwhere(differs)[0]) if np.any(differs) else None
+        where = f"first at x[{', '.join(map(str, index))}]: {before[index]!r} became {after[index]!r}" if index else ""
+        raise PropertyFailure(f"the input was modified (byte for byte) {where}".strip())
+
+
+def repeatable(target: Target, case: Case) -> None:
+    """Calling twice with the same arguments gives identical results, bit for bit."""
+    built = case.build()
+    first = call_backend(target, built)
+    second = call_backend(target, built)
+    _require_identical(first, second, "the second call")
+
+
+def valid_paths(target: Target, case: Case) -> None:
+    """Each returned path is a root-to-leaf path whose branches match the float64 logits outside the rounding band."""
+    built = case.build()
+    result = call_backend(target, built)
+    checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
+    checks.check_branches(built, result.logits, result.nodes, result.leading)
+
+
+def logits_along_path(target: Target, case: Case) -> None:
+    """The returned logits equal the float64 logits along the backend's own path, within the derived tolerance."""
+    built = case.build()
+    result = call_backend(target, built)
+    checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
+    oracle = checks.oracle_along(built.oracle_x, built.oracle_params, case.layer.dtype, result.nodes)
+    checks.check_logits(result.logits, oracle, result.leading, result.nodes)
+
+
+def output_along_path(target: Target, case: Case) -> None:
+    """The fff output equals the float64 output along a valid path, within the derived tolerance."""
+    built = case.build()
+    result = call_backend(target, built)
+    checks.check_output(built, result.output, result.leading)
+
+
+def exact_ties_and_sums(target: Target, case: Case) -> None:
+    """Integer-valued data: ties go left, heap indices and logits are exact, the relu/identity tree sum is exact."""
+    built = case.build()
+    result = call_backend(target, built)
+    checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
+    checks.check_exact(built, result.logits, result.nodes, result.output, result.leading)
+
+
+def nan_and_infinity(target: Target, case: Case) -> None:
+    """Inputs holding inf, -inf and NaN: NaN logits go left and propagate, infinities follow IEEE arithmetic."""
+    built = case.build()
+    result = call_backend(target, built)
+    checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
+    oracle = checks.check_branches(built, result.logits, result.nodes, result.leading)
+    checks.check_logits(result.logits, oracle, result.leading, result.nodes)
+    checks.check_output(built, result.output, result.leading)
+
+
+#: Invalid calls, each made on the backend and on the reference: (name, how to break the call).
+INVALID_CALLS: tuple[str, ...] = (
+    "wrong_width",
+    "zero_dim",
+    "integer_dtype",
+    "bool_dtype",
+    "complex_dtype",
+    "not_params",
+    "params_mismatch",
+)
+
+
+def invalid_inputs(target: Target, case: Case) -> None:
+    """Invalid calls raise the same exception types as the reference (wrong width or rank, non-float x, bad params)."""
+    import fffcore
+
+    built = case.build()
+    adapter = ADAPTERS[case.array_type]
+    numpy_adapter = ADAPTERS["numpy"]
+    for kind in INVALID_CALLS:
+        for function in (fffcore.fff, fffcore.cmm):
+            expected = _raised(
+                lambda f=function, k=kind: f(*_invalid_call(k, built, numpy_adapter), backend="reference")
+            )
+            actual = _raised(lambda f=function, k=kind: f(*_invalid_call(k, built, adapter), backend=target.backend))
+            if expected is None:
+                raise AssertionError(f"conformance suite bug: the reference accepts the invalid call {kind!r}")
+            if actual is None or not isinstance(actual, type(expected)):
+                got = "nothing" if actual is None else f"{type(actual).__name__}: {actual}"
+                raise PropertyFailure(
+                    f"{function.__name__} with {kind.replace('_', ' ')}: raised {got}, expected "
+                    f"{type(expected).__name__} like the reference ({expected})"
+                )
+
+
+def _invalid_call(kind: str, built: Built, adapter: Any) -> tuple[Any, Any]:
+    case = built.case
+    params = (
+        built.params
+        if adapter.name == case.array_type
+        else built.oracle_params.astype("float64" if case.layer.dtype == "bfloat16" else case.layer.dtype)
+    )
+    d_in = case.layer.d_in
+    device = case.device if adapter.name == case.array_type else "cpu"
+    rows = np.ones((2, d_in))
+    if kind == "wrong_width":
+        return adapter.from_numpy(np.ones((2, d_in + 1)), "float32", device), params
+    if kind == "zero_dim":
+        return adapter.from_numpy(np.array(1.0), "float32", device), params
+    if kind in ("integer_dtype", "bool_dtype", "complex_dtype"):
+        dtype = {"integer_dtype": "int32", "bool_dtype": "bool", "complex_dtype": "complex64"}[kind]
+        return _raw_array(adapter, rows.astype(dtype), device), params
+    if kind == "not_params":
+        return adapter.from_numpy(rows, "float32", device), {"w_in": params.w_in}
+    # parameters built for one more input feature than x has
+    wider = FFFParams.random(d_in + 1, case.layer.d_out, case.layer.depth, case.layer.trees, dtype="float32", seed=0)
+    return adapter.from_numpy(rows, "float32", device), wider
+
+
+def _raw_array(adapter: Any, values: np.ndarray, device: str) -> Any:
+    """``values`` in the adapter's library keeping their (non-floating) dtype."""
+    if adapter.name == "numpy":
+        return values.copy()
+    if adapter.name == "torch":
+        import torch
+
+        return torch.from_numpy(values.copy()).to(device)
+    import cupy
+
+    return cupy.asarray(values)
+
+
+def _raised(action: Callable[[], Any]) -> BaseException | None:
+    try:
+        action()
+    except Exception as error:
+        return error
+    return None
+
+
+#: Threads that call the backend at once in :func:`thread_safety`.
+THREADS = 4
+
+
+def thread_safety(target: Target, case: Case) -> None:
+    """The backend called from several threads at once gives the same results as serial calls."""
+    built = case.build()
+    variants = [built] + [
+        replace(case, input=replace(case.input, seed=case.input.seed + i)).build() for i in range(1, THREADS)
+    ]
+    serial = [call_backend(target, b) for b in variants]
+    barrier = threading.Barrier(THREADS)
+    concurrent: list[Any] = [None] * THREADS
+
+    def work(index: int) -> None:
+        barrier.wait()
+        try:
+            concurrent[index] = [call_backend(target, variants[index]) for _ in range(3)]
+        except BaseException as error:  # reported below, from the main thread
+            concurrent[index] = error
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, results in enumerate(concurrent):
+        if isinstance(results, BaseException):
+            raise PropertyFailure(f"thread {index} of {THREADS}: {results}")
+        for repeat, result in enumerate(results):
+            _require_identical(serial[index], result, f"thread {index} of {THREADS} (call {repeat + 1})")
+
+
+def _require_identical(expected: Outputs, actual: Outputs, who: str) -> None:
+    for what in ("logits", "nodes", "output"):
+        a, b = getattr(expected, what), getattr(actual, what)
+        if not np.array_equal(a, b, equal_nan=True):
+            index = tuple(np.argwhere(~((a == b) | (np.isnan(a) & np.isnan(b))) if a.dtype.kind == "f" else a != b)[0])
+            raise PropertyFailure(
+                f"{who} returned different {what}: at {list(index)} {b[index]!r} instead of {a[index]!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Property:
+    """One named property: its check, the cases it draws, and its share of the example budget."""
+
+    name: str
+    check: Callable[[Target, Case], None]
+    strategy: Callable[[Target], Any]
+    budget: float = 1.0
+
+    @property
+    def description(self) -> str:
+        return (self.check.__doc__ or "").strip().splitlines()[0]
+
+
+def _general(target: Target) -> Any:
+    from fffcore.conformance.strategies import cases
+
+    return cases(target)
+
+
+def _exact(target: Target) -> Any:
+    from fffcore.conformance.strategies import cases
+
+    return cases(target, integer=True)
+
+
+def _specials(target: Target) -> Any:
+    from hypothesis import strategies as st
+
+    from fffcore.conformance.strategies import cases
+
+    return cases(target, values=st.just("specials"))
+
+
+def _small(target: Target) -> Any:
+    from fffcore.conformance.strategies import cases
+
+    return cases(target, max_rows=16)
+
+
+#: Every property, in report order.
+PROPERTIES: tuple[Property, ...] = (
+    Property("result_types", result_types, _general),
+    Property("input_unchanged", input_unchanged, _general, 0.5),
+    Property("repeatable", repeatable, _general, 0.5),
+    Property("valid_paths", valid_paths, _general),
+    Property("logits_along_path", logits_along_path, _general),
+    Property("output_along_path", output_along_path, _general),
+    Property("exact_ties_and_sums", exact_ties_and_sums, _exact),
+    Property("nan_and_infinity", nan_and_infinity, _specials),
+    Property("invalid_inputs", invalid_inputs, _small, 0.25),
+    Property("thread_safety", thread_safety, _small, 0.25),
+)
+
+PROPERTY_NAMES: tuple[str, ...] = tuple(p.name for p in PROPERTIES)
+
+
+def get_property(name: str) -> Property:
+    for prop in PROPERTIES:
+        if prop.name == name:
+            return prop
+    raise ValueError(f"property: expected one of {', '.join(PROPERTY_NAMES)}, got {name!r}")

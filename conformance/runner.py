@@ -1,0 +1,188 @@
+"""Running the properties under Hypothesis and reporting, property by property.
+
+Hypothesis is imported only inside :func:`run_property`, so this module (and
+``fff check --help``) loads without it. Every run uses its own ``settings``
+object (no global profile is touched): a fixed seed, no example database (so
+nothing is written into the caller's directory), no deadline (first calls may
+compile), quiet output; the minimal failing example is printed by us, as a
+``Case`` that :func:`reproduce` replays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fffcore.conformance.cases import Case
+from fffcore.conformance.checks import PropertyFailure
+from fffcore.conformance.properties import PROPERTIES, Property, get_property
+from fffcore.conformance.target import Target, resolve_target
+
+#: Arrays up to this many elements are printed in full in a failure report.
+PRINTED_ELEMENTS = 64
+
+
+@dataclass(frozen=True)
+class PropertyResult:
+    """The outcome of one property: ``status`` is "pass", "fail" or "skip"."""
+
+    name: str
+    status: str
+    examples: int
+    seconds: float
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+@dataclass(frozen=True)
+class SuiteReport:
+    """Every property's result on one target."""
+
+    target: Target
+    seed: int
+    max_examples: int
+    results: tuple[PropertyResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(result.status != "fail" for result in self.results)
+
+    @property
+    def failed(self) -> tuple[PropertyResult, ...]:
+        return tuple(result for result in self.results if result.status == "fail")
+
+
+def examples_for(prop: Property, max_examples: int) -> int:
+    """A property's share of ``max_examples`` (the costly ones, like threads, run fewer)."""
+    return max(1, round(max_examples * prop.budget))
+
+
+def run_property(prop: Property, target: Target, *, max_examples: int, seed: int) -> PropertyResult:
+    """Run one property on ``max_examples`` drawn cases (scaled by its budget); shrink and report a failure."""
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+    from hypothesis import seed as fix_seed
+
+    examples = examples_for(prop, max_examples)
+    ran = 0
+
+    @fix_seed(seed)
+    @settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    )
+    @given(prop.strategy(target))
+    def property_holds(case: Case) -> None:
+        nonlocal ran
+        ran += 1
+        try:
+            prop.check(target, case)
+        except PropertyFailure as failure:
+            failure.case = case  # type: ignore[attr-defined]
+            raise
+        except Exception as error:
+            failure = PropertyFailure(f"{type(error).__name__}: {error}")
+            failure.case = case  # type: ignore[attr-defined]
+            raise failure from error
+
+    start = time.perf_counter()
+    try:
+        property_holds()
+    except PropertyFailure as failure:
+        case = getattr(failure, "case", None)
+        message = failure_report(prop, target, case, str(failure), seed=seed, max_examples=max_examples)
+        return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
+    except Exception as error:  # Hypothesis' own complaints: flaky failures, unsatisfiable strategies
+        message = f"{prop.name}: Hypothesis stopped with {type(error).__name__}: {error}"
+        return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
+    return PropertyResult(prop.name, "pass", ran, time.perf_counter() - start)
+
+
+def run_suite(
+    backend: str,
+    *,
+    max_examples: int = 100,
+    seed: int = 0,
+    dtypes: Sequence[str] | None = None,
+    device: str | None = None,
+    properties: Sequence[str] | None = None,
+    on_result: object = None,
+) -> SuiteReport:
+    """Run every property (or those named) on one registered backend.
+
+    Args:
+        backend: the backend's registered name.
+        max_examples: examples per property (some properties run a fraction, see :func:`examples_for`).
+        seed: Hypothesis' seed; the same seed draws the same cases.
+        dtypes: test only these parameter dtypes.
+        device: the device native arrays are built on (default: cpu when declared).
+        properties: names of the properties to run; default all.
+        on_result: called with each :class:`PropertyResult` as soon as it is known (for live output).
+    """
+    target = resolve_target(backend, device=device, dtypes=tuple(dtypes) if dtypes else None)
+    chosen = [get_property(name) for name in properties] if properties else list(PROPERTIES)
+    results = []
+    for prop in chosen:
+        result = run_property(prop, target, max_examples=max_examples, seed=seed)
+        results.append(result)
+        if callable(on_result):
+            on_result(result)
+    return SuiteReport(target, seed, max_examples, tuple(results))
+
+
+def reproduce(backend: str, property_name: str, case: Case) -> None:
+    """Replay one case of one property on ``backend``; raises :class:`PropertyFailure` when it still fails."""
+    target = resolve_target(backend, device=case.device if case.array_type != "numpy" else None)
+    get_property(property_name).check(target, case)
+
+
+def failure_report(
+    prop: Property, target: Target, case: Case | None, message: str, *, seed: int, max_examples: int
+) -> str:
+    """The failure, the minimal example with its arrays when small, and how to reproduce it."""
+    lines = [f"{prop.name}: {message}", f"  property: {prop.description}"]
+    if case is not None:
+        lines += ["  minimal failing example:", f"    {case!r}"]
+        lines += [f"    {line}" for line in _describe_arrays(case)]
+        lines += [
+            "  reproduce:",
+            '    python -c "from fffcore.conformance.runner import reproduce; from fffcore.conformance.cases import *; '
+            f'reproduce({target.backend!r}, {prop.name!r}, {case!r})"',
+        ]
+    device = f" --device {target.device}" if target.device != "cpu" else ""
+    lines.append(f"    fff check {target.backend} --seed {seed} --max-examples {max_examples}{device}")
+    return "\n".join(lines)
+
+
+def _describe_arrays(case: Case) -> list[str]:
+    try:
+        built = case.build()
+    except Exception as error:  # describing must never hide the failure itself
+        return [f"(could not rebuild the arrays: {error})"]
+    params = built.oracle_params
+    shown = [("x", built.oracle_x.reshape((*case.input.leading, case.layer.d_in)))]
+    shown += [("w_in", params.w_in), ("b_in", params.b_in), ("w_out", params.w_out)]
+    lines = []
+    for name, array in shown:
+        if array is None:
+            continue
+        note = " (as the backend sees it, rounded to the layer's dtype)" if name == "x" else ""
+        if array.size <= PRINTED_ELEMENTS:
+            text = np.array2string(np.asarray(array), precision=17, separator=", ", max_line_width=100)
+            text = text.replace("\n", "\n      ")
+            lines.append(f"{name} {tuple(array.shape)}{note} = {text}")
+        else:
+            lines.append(f"{name} {tuple(array.shape)}{note}: {array.size} values, rebuilt by the case above")
+    return lines

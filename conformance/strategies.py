@@ -1,0 +1,125 @@
+"""Hypothesis strategies for conformance cases.
+
+Plain functions returning strategies, with size caps so one example stays
+cheap: d_in and d_out 1..40 with an occasional 768, depth 0..7 with an
+occasional 11, 1..4 trees, up to three leading dimensions of 0..5 (empty
+batches included). Every draw shrinks towards a small, boring case: one
+layer of depth 0, "normal" values, contiguous, the parameters' own dtype.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from fffcore.conformance.cases import LAYOUTS, VALUE_STYLES, Case, InputSpec, LayerSpec
+from fffcore.conformance.target import Target
+
+#: Largest decade of input magnitudes, and of the weight scale, per dtype: chosen so that
+#: sum |x_i w_i| stays far below the dtype's largest finite number (65504 for float16).
+INPUT_DECADES = {"float16": 2, "bfloat16": 12, "float32": 12, "float64": 60}
+WEIGHT_DECADES = {"float16": 1, "bfloat16": 4, "float32": 4, "float64": 8}
+
+#: Odds of the rare large sizes (d = 768, depth 11): one draw in RARE.
+RARE = 16
+
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def _rarely(draw: st.DrawFn) -> bool:
+    # shrinks to 0, i.e. towards "not rare"
+    return draw(st.integers(0, RARE - 1)) == RARE - 1
+
+
+@st.composite
+def layer_specs(draw: st.DrawFn, target: Target, dtype: str, *, integer: bool = False) -> LayerSpec:
+    """A layer in ``dtype`` with one of the backend's activations."""
+    d_in = 768 if not integer and _rarely(draw) else draw(st.integers(1, 24 if integer else 40))
+    d_out = 768 if _rarely(draw) else draw(st.integers(1, 40))
+    depth = 11 if _rarely(draw) else draw(st.integers(0, 7))
+    trees = draw(st.integers(1, 4))
+    if depth == 11 and max(d_in, d_out) == 768:
+        trees = 1  # keep one example below ~25 MB of weights
+    return LayerSpec(
+        d_in=d_in,
+        d_out=d_out,
+        depth=depth,
+        trees=trees,
+        bias=draw(st.booleans()),
+        activation=draw(st.sampled_from(target.activations)),
+        dtype=dtype,
+        seed=draw(SEEDS),
+        weights="integer" if integer else "init",
+        scale_exponent=_weight_decade(draw, dtype) if not integer else 0,
+    )
+
+
+@st.composite
+def input_specs(
+    draw: st.DrawFn,
+    target: Target,
+    layer: LayerSpec,
+    array_type: str,
+    *,
+    values: st.SearchStrategy[str] | None = None,
+    max_rows: int = 125,
+    force_ties: bool = False,
+) -> InputSpec:
+    """An input for ``layer``: leading shape, layout, value style and dtype."""
+    big = layer.d_in == 768 or layer.d_out == 768 or layer.depth == 11
+    if _rarely(draw):
+        leading: tuple[int, ...] = ()  # a single row given as a 1-D x
+    else:
+        leading = tuple(draw(st.lists(st.integers(1, 3 if big else 5), min_size=1, max_size=2 if big else 3)))
+        if _rarely(draw):  # an empty batch, the zero-length axis anywhere
+            axis = draw(st.integers(0, len(leading) - 1))
+            leading = leading[:axis] + (0,) + leading[axis + 1 :]
+    while _product(leading) > max_rows:
+        leading = leading[:-1]
+    dtypes = target.input_dtypes[array_type]
+    dtype = draw(st.sampled_from((layer.dtype, *(d for d in dtypes if d != layer.dtype))))
+    decades = min(INPUT_DECADES[layer.dtype], INPUT_DECADES[dtype])
+    return InputSpec(
+        leading=leading,
+        values=draw(values if values is not None else st.sampled_from(VALUE_STYLES)),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        dtype=dtype,
+        seed=draw(SEEDS),
+        exponent=draw(st.integers(1, decades)),
+        force_ties=force_ties,
+    )
+
+
+@st.composite
+def cases(
+    draw: st.DrawFn,
+    target: Target,
+    *,
+    values: st.SearchStrategy[str] | None = None,
+    integer: bool = False,
+    max_rows: int = 125,
+) -> Case:
+    """A whole case: (dtype, array type) pair, layer, input.
+
+    ``integer=True`` draws integer-valued weights and inputs with forced ties
+    (see :meth:`fffcore.conformance.cases.Case.build`), so every logit is exact.
+    """
+    dtype, array_type = draw(st.sampled_from(target.combinations))
+    layer = draw(layer_specs(target, dtype, integer=integer))
+    if integer:
+        values = st.just("integers")
+    spec = draw(input_specs(target, layer, array_type, values=values, max_rows=max_rows, force_ties=integer))
+    return Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device)
+
+
+def _weight_decade(draw: st.DrawFn, dtype: str) -> int:
+    """Mostly 0 (UltraFastBERT's scale, where activations are neither linear nor saturated); a quarter rescaled."""
+    if draw(st.integers(0, 3)) < 3:
+        return 0
+    return draw(st.integers(-WEIGHT_DECADES[dtype], WEIGHT_DECADES[dtype]))
+
+
+def _product(shape: tuple[int, ...]) -> int:
+    result = 1
+    for size in shape:
+        result *= size
+    return result

@@ -1,0 +1,106 @@
+"""``fff check BACKEND``: run the conformance suite on one backend and print a per-property summary.
+
+Exit status: 0 when every property passes (skipped ones do not count), 1 when
+any fails, 2 when the suite cannot run (hypothesis missing, unknown or
+unavailable backend, a device or dtype the backend does not declare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from typing import Any
+
+INSTALL_HINT = "pip install 'fffcore[conformance]'  (or: pip install hypothesis)"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="run the conformance suite on a backend",
+        description="Check a registered backend (built-in or third-party) against the FFF/CMM spec, property "
+        "by property, with Hypothesis; a failure shows a minimal example and how to reproduce it.",
+    )
+    parser.add_argument("backend", help="the backend's name, as `fff backends` lists it")
+    parser.add_argument(
+        "--max-examples", type=int, default=100, metavar="N", help="examples per property (default 100)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="Hypothesis seed (default: a random one, printed for reproduction)"
+    )
+    parser.add_argument(
+        "--dtype",
+        action="append",
+        default=None,
+        metavar="DTYPE",
+        help="test only this parameter dtype (repeatable; default: every dtype the backend declares)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="device for native arrays, for backends that declare several (e.g. cuda)"
+    )
+    parser.add_argument(
+        "--property",
+        action="append",
+        default=None,
+        dest="properties",
+        metavar="NAME",
+        help="run only this property (repeatable)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    try:
+        import hypothesis  # noqa: F401  (the suite draws its cases with it)
+    except ImportError:
+        print(
+            f"fff check needs Hypothesis, which is not installed. Install it with:\n    {INSTALL_HINT}", file=sys.stderr
+        )
+        return 2
+    if arguments.max_examples < 1:
+        print(f"fff check: --max-examples must be >= 1, got {arguments.max_examples}", file=sys.stderr)
+        return 2
+
+    from fffcore import BackendUnavailableError, UnknownBackendError, __version__
+    from fffcore.conformance.properties import get_property
+    from fffcore.conformance.runner import PropertyResult, run_property
+    from fffcore.conformance.target import resolve_target
+
+    seed = arguments.seed if arguments.seed is not None else random.randrange(2**31)
+    try:
+        target = resolve_target(arguments.backend, device=arguments.device, dtypes=arguments.dtype)
+        chosen = [get_property(name) for name in arguments.properties or []] or None
+    except (UnknownBackendError, BackendUnavailableError, ValueError) as error:
+        print(f"fff check: {error}", file=sys.stderr)
+        return 2
+
+    from fffcore.conformance.properties import PROPERTIES
+
+    chosen = chosen or list(PROPERTIES)
+    version = f" {target.version}" if target.version else ""
+    print(f"fff check {target.backend}{version} (fffcore {__version__}), device {target.device}")
+    print(
+        f"  dtypes: {', '.join(target.dtypes)}; arrays: {', '.join(target.array_types)}; "
+        f"activations: {', '.join(target.activations)}"
+    )
+    for note in target.notes:
+        print(f"  not tested: {note}")
+    print(f"  seed {seed}, up to {arguments.max_examples} examples per property")
+    width = max(len(prop.name) for prop in chosen)
+    start = time.perf_counter()
+    results: list[PropertyResult] = []
+    for prop in chosen:
+        result = run_property(prop, target, max_examples=arguments.max_examples, seed=seed)
+        results.append(result)
+        label = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result.status]
+        print(f"{label}  {result.name:<{width}}  {result.examples:>4} examples  {result.seconds:6.1f} s", flush=True)
+    failures = [r for r in results if r.status == "fail"]
+    for result in failures:
+        print()
+        print(result.message)
+    passed = sum(r.status == "pass" for r in results)
+    print()
+    print(f"{passed} passed, {len(failures)} failed in {time.perf_counter() - start:.1f} s (seed {seed})")
+    return 1 if failures else 0

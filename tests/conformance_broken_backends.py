@@ -1,0 +1,193 @@
+"""Deliberately broken backends: each is the reference with one classic bug, registered as a plugin.
+
+The conformance suite's own tests require every one of them to fail, and name
+the property expected to catch it (:data:`EXPECTED_FAILURES`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fffcore import hookimpl
+from fffcore.arrays import numpy_rows
+from fffcore.params import FFFParams
+from fffcore.reference.fff import fff_output
+from fffcore.reference.plugin import ReferenceBackend
+
+
+def walk(x: np.ndarray, params: FFFParams, *, go_right: Any = None, left_child: int = 1, bias: bool = True):
+    """The reference's level-by-level walk with hooks for the bugs: the branch rule and the left-child offset."""
+    x = numpy_rows(x, params.dtype)
+    rows = x.shape[0]
+    tree = np.arange(params.trees)[None, :]
+    levels = params.depth + 1
+    logits = np.empty((rows, params.trees, levels), dtype=x.dtype)
+    nodes = np.empty((rows, params.trees, levels), dtype=np.int64)
+    node = np.zeros((rows, params.trees), dtype=np.int64)
+    for level in range(levels):
+        logit = np.einsum("bi,bki->bk", x, params.w_in[tree, node])
+        if bias and params.b_in is not None:
+            logit = logit + params.b_in[tree, node]
+        logits[:, :, level] = logit
+        nodes[:, :, level] = node
+        right = (logit > 0) if go_right is None else go_right(logit)
+        node = 2 * node + left_child + right
+    return logits, nodes
+
+
+class GreaterOrEqualAtTies(ReferenceBackend):
+    """Branches on ``logit >= 0``: an exact tie goes right."""
+
+    name = "broken-ge-ties"
+
+    def cmm(self, x, params):
+        return walk(x, params, go_right=lambda logit: logit >= 0)
+
+
+class TanhGeluForExact(ReferenceBackend):
+    """Computes the tanh approximation where the exact, erf-based GELU is declared."""
+
+    name = "broken-tanh-gelu"
+
+    def fff(self, x, params):
+        logits, nodes = self.cmm(x, params)
+        activation = "gelu_tanh" if params.activation == "gelu" else params.activation
+        return fff_output(logits, nodes, params.w_out, activation)
+
+
+class ChildOffByOne(ReferenceBackend):
+    """Left child 2n instead of 2n+1 (the 1-based heap formula on 0-based indices)."""
+
+    name = "broken-child-index"
+
+    def cmm(self, x, params):
+        return walk(x, params, left_child=0)
+
+
+class BiasIgnored(ReferenceBackend):
+    """Never adds b_in."""
+
+    name = "broken-no-bias"
+
+    def cmm(self, x, params):
+        return walk(x, params, bias=False)
+
+
+class LevelSkipped(ReferenceBackend):
+    """The tree sum leaves out the deepest level."""
+
+    name = "broken-level-skipped"
+
+    def fff(self, x, params):
+        logits, nodes = self.cmm(x, params)
+        y = fff_output(logits, nodes, params.w_out, params.activation)
+        return y - fff_output(logits[:, :, -1:], nodes[:, :, -1:], params.w_out, params.activation)
+
+
+class ExtraLevel(ReferenceBackend):
+    """The tree sum counts one level too many (the root twice, a classic range off-by-one)."""
+
+    name = "broken-extra-level"
+
+    def fff(self, x, params):
+        logits, nodes = self.cmm(x, params)
+        y = fff_output(logits, nodes, params.w_out, params.activation)
+        return y + fff_output(logits[:, :, :1], nodes[:, :, :1], params.w_out, params.activation)
+
+
+class TreesNotSummed(ReferenceBackend):
+    """Returns only the first tree's contribution."""
+
+    name = "broken-trees-not-summed"
+
+    def fff(self, x, params):
+        logits, nodes = self.cmm(x, params)
+        return fff_output(logits[:, :1], nodes[:, :1], params.w_out[:1], params.activation)
+
+
+class RowsSwapped(ReferenceBackend):
+    """Swaps the first two rows of every result."""
+
+    name = "broken-rows-swapped"
+
+    @staticmethod
+    def _swap(array):
+        if array.shape[0] >= 2:
+            array = array.copy()
+            array[[0, 1]] = array[[1, 0]]
+        return array
+
+    def cmm(self, x, params):
+        logits, nodes = super().cmm(x, params)
+        return self._swap(logits), self._swap(nodes)
+
+    def fff(self, x, params):
+        return self._swap(super().fff(x, params))
+
+
+class Float32Accumulation(ReferenceBackend):
+    """Declares float64 but computes in float32, then widens the results."""
+
+    name = "broken-float32-accumulation"
+
+    def cmm(self, x, params):
+        if params.dtype != "float64":
+            return super().cmm(x, params)
+        logits, nodes = super().cmm(np.asarray(x, np.float32), params.astype(np.float32))
+        return logits.astype(np.float64), nodes
+
+    def fff(self, x, params):
+        if params.dtype != "float64":
+            return super().fff(x, params)
+        return super().fff(np.asarray(x, np.float32), params.astype(np.float32)).astype(np.float64)
+
+
+class PartialBatch(ReferenceBackend):
+    """Writes the output for the first half of the batch only (the rest stays zero)."""
+
+    name = "broken-partial-batch"
+
+    def fff(self, x, params):
+        rows = x.shape[0]
+        y = np.zeros((rows, params.d_out), dtype=params.dtype)
+        done = (rows + 1) // 2
+        y[:done] = super().fff(x[:done], params)
+        return y
+
+
+BROKEN_BACKENDS = (
+    GreaterOrEqualAtTies,
+    TanhGeluForExact,
+    ChildOffByOne,
+    BiasIgnored,
+    LevelSkipped,
+    ExtraLevel,
+    TreesNotSummed,
+    RowsSwapped,
+    Float32Accumulation,
+    PartialBatch,
+)
+
+#: The property that must catch each broken backend.
+EXPECTED_FAILURES = {
+    "broken-ge-ties": "exact_ties_and_sums",
+    "broken-tanh-gelu": "output_along_path",
+    "broken-child-index": "valid_paths",
+    "broken-no-bias": "logits_along_path",
+    "broken-level-skipped": "output_along_path",
+    "broken-extra-level": "output_along_path",
+    "broken-trees-not-summed": "output_along_path",
+    "broken-rows-swapped": "logits_along_path",
+    "broken-float32-accumulation": "logits_along_path",
+    "broken-partial-batch": "output_along_path",
+}
+
+assert set(EXPECTED_FAILURES) == {backend.name for backend in BROKEN_BACKENDS}
+
+
+@hookimpl
+def register_backends(register):
+    for backend in BROKEN_BACKENDS:
+        register(backend())

@@ -1,0 +1,194 @@
+"""The conformance suite catches wrong backends, and its helpers do what they say.
+
+Every deliberately broken backend of :mod:`tests.conformance_broken_backends`
+must fail the property named for it, and the report must name the property,
+show a minimal example and say how to reproduce it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hypothesis", reason="the conformance suite needs Hypothesis: pip install 'fffcore[conformance]'")
+
+from fffcore.conformance import checks, tolerances
+from fffcore.conformance.adapters import ADAPTERS, round_to_dtype, with_layout
+from fffcore.conformance.cases import Case, InputSpec, LayerSpec
+from fffcore.conformance.properties import get_property
+from fffcore.conformance.runner import reproduce, run_property
+from fffcore.conformance.target import resolve_target
+from fffcore.params import FFFParams
+from tests import conformance_broken_backends as broken
+from tests.conformance_registry import registry_with
+
+#: Examples for the property that must catch each broken backend; seed fixed so CI is repeatable.
+BROKEN_EXAMPLES = 100
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def broken_registry():
+    with registry_with(("broken", broken)) as current:
+        yield current
+
+
+@pytest.mark.parametrize("name", sorted(broken.EXPECTED_FAILURES))
+def test_broken_backend_fails_its_property(name, broken_registry):
+    property_name = broken.EXPECTED_FAILURES[name]
+    result = run_property(get_property(property_name), resolve_target(name), max_examples=BROKEN_EXAMPLES, seed=SEED)
+    assert result.status == "fail", f"{name} passed {property_name} on {result.examples} examples"
+    assert result.message.startswith(f"{property_name}: ")
+    assert "minimal failing example:" in result.message
+    assert "Case(layer=LayerSpec(" in result.message
+    assert f"fff check {name} --seed {SEED}" in result.message
+    # the printed case is a working reproduction: replaying it fails the same property again
+    case_text = result.message.split("minimal failing example:\n", 1)[1].splitlines()[0].strip()
+    namespace = {"Case": Case, "LayerSpec": LayerSpec, "InputSpec": InputSpec}
+    case = eval(case_text, namespace)
+    with pytest.raises(checks.PropertyFailure):
+        reproduce(name, property_name, case)
+
+
+def test_minimal_example_is_small(broken_registry):
+    """Shrinking works: the tie bug is shown on a tiny layer (depth 1: one branch) whose arrays are printed in full."""
+    result = run_property(
+        get_property("exact_ties_and_sums"), resolve_target("broken-ge-ties"), max_examples=BROKEN_EXAMPLES, seed=SEED
+    )
+    assert result.status == "fail"
+    assert "depth=1," in result.message and "trees=1," in result.message
+    assert "x (" in result.message and "w_in (" in result.message
+
+
+def test_reference_passes_every_property_of_a_broken_peer_it_shares(broken_registry):
+    """The broken backends differ from the reference only in their bug: the reference passes the same property."""
+    target = resolve_target("reference")
+    for property_name in sorted(set(broken.EXPECTED_FAILURES.values())):
+        result = run_property(get_property(property_name), target, max_examples=30, seed=SEED)
+        assert result.passed, result.message
+
+
+# --- tolerances ------------------------------------------------------------------------------------------
+
+
+def test_gamma_is_n_u_over_one_minus_n_u():
+    assert tolerances.gamma(10, 2.0**-24) == pytest.approx(10 * 2.0**-24 / (1 - 10 * 2.0**-24), rel=1e-15)
+    assert tolerances.gamma(2**24, 2.0**-24) == float("inf")
+
+
+def test_logit_tolerance_is_zero_for_exact_zero_products():
+    tol = tolerances.logit_tolerance("float32", 8, np.array([0.0, 1.0]))
+    assert tol[0] == 0.0
+    assert tol[1] == pytest.approx(tolerances.gamma(11, 2.0**-24) + tolerances.gamma(9, 2.0**-53), rel=1e-6)
+
+
+def test_band_separates_rounding_from_real_signs():
+    scale = np.array([1.0, 1.0, 1.0, 0.0])
+    logits = np.array([1e-9, 1e-3, np.nan, 0.0])
+    ambiguous = tolerances.branch_is_ambiguous("float32", 4, logits, scale)
+    # 1e-9 is within float32 rounding of a dot product of magnitude 1; 1e-3 is not; NaN and an exact 0 of
+    # all-zero products have one right answer
+    assert ambiguous.tolist() == [True, False, False, False]
+
+
+def test_tanh_gelu_difference_exceeds_the_float32_output_tolerance():
+    """The numbers behind the claim in the tolerances docstring, at |z| = 0.5, 1 and 2.7 (the largest difference)."""
+    from fffcore.reference.activations import gelu, gelu_tanh
+
+    z = np.array([0.5, 1.0, 2.7]).reshape(3, 1, 1)
+    difference = np.abs(gelu(z) - gelu_tanh(z))[:, 0, 0]
+    logit_tol = tolerances.logit_tolerance("float32", 1, np.abs(z))
+    tol = tolerances.output_tolerance("float32", "gelu", z, logit_tol, np.ones((3, 1, 1, 1)), np.abs(gelu(z))[:, 0])
+    assert np.all(difference > 20 * tol[:, 0]), (difference, tol[:, 0])
+
+
+def test_may_overflow_only_near_the_largest_finite():
+    assert tolerances.may_overflow("float16", np.array([1e3, 6.55e4, np.nan]), 4).tolist() == [False, True, True]
+
+
+# --- cases and adapters -----------------------------------------------------------------------------------
+
+
+def test_case_builds_the_same_arrays_twice_and_layouts_keep_values():
+    layer = LayerSpec(d_in=5, d_out=3, depth=2, trees=2, dtype="float32", seed=7)
+    built = [
+        Case(layer, InputSpec(leading=(4,), layout=layout, seed=3)).build()
+        for layout in ("contiguous", "transposed", "strided")
+    ]
+    assert not built[1].x.flags.c_contiguous and not built[2].x.flags.c_contiguous
+    for other in built[1:]:
+        np.testing.assert_array_equal(other.x, built[0].x)
+        np.testing.assert_array_equal(other.oracle_x, built[0].oracle_x)
+    assert built[0].params.dtype == "float32" and built[0].oracle_params.dtype == "float64"
+
+
+def test_forced_ties_make_the_first_row_tie_at_every_level():
+    layer = LayerSpec(d_in=4, d_out=2, depth=3, weights="integer", seed=1)
+    built = Case(layer, InputSpec(leading=(3,), values="integers", force_ties=True)).build()
+    from fffcore.reference.oracle import oracle_cmm
+
+    logits, nodes = oracle_cmm(built.oracle_x, built.oracle_params)
+    assert logits[0, 0].tolist() == [0.0] * 4
+    assert nodes[0, 0].tolist() == [0, 1, 3, 7]
+
+
+def test_round_to_dtype_matches_numpy():
+    values = np.array([1 / 3, 1e-40, 70000.0])
+    np.testing.assert_array_equal(round_to_dtype(values, "float32"), values.astype(np.float32).astype(np.float64))
+    assert np.isinf(round_to_dtype(values, "float16")[2])
+
+
+def test_torch_adapter_round_trips_with_layouts():
+    pytest.importorskip("torch")
+    adapter = ADAPTERS["torch"]
+    values = np.arange(12.0).reshape(3, 4)
+    for layout in ("contiguous", "transposed", "strided"):
+        array = with_layout(adapter, values, "float32", "cpu", layout)
+        assert adapter.device_of(array) == "cpu" and adapter.dtype_of(array) == "float32"
+        np.testing.assert_array_equal(adapter.to_numpy(array), values)
+    scalar = adapter.from_numpy(np.array(1.0), "float32", "cpu")
+    assert tuple(scalar.shape) == ()  # a 0-D input stays 0-D (the invalid-input property relies on it)
+
+
+# --- checks on hand-made results ----------------------------------------------------------------------------
+
+
+def test_path_structure_rejects_a_non_child():
+    nodes = np.array([[[0, 2, 7]]])  # 7 is a child of 3, not of 2
+    with pytest.raises(checks.PropertyFailure, match="not a child"):
+        checks.check_path_structure(nodes, 2, (1,))
+
+
+def test_valid_path_combinations_take_both_children_at_a_near_tie():
+    w_in = np.array([[[1.0, -1.0], [1.0, 0.0], [0.0, 1.0]]])  # root logit is x0 - x1
+    params = FFFParams(w_in, None, np.ones((1, 3, 1)))
+    tie = checks.valid_path_combinations(np.array([1.0, 1.0]), params, "float32")
+    clear = checks.valid_path_combinations(np.array([2.0, 1.0]), params, "float32")
+    assert sorted(tie[:, 0].tolist()) == [[0, 1], [0, 2]]
+    assert clear[:, 0].tolist() == [[0, 2]]
+
+
+def test_mismatches_compare_special_values_by_class():
+    expected = np.array([np.nan, np.inf, 1.0, 1.0])
+    actual = np.array([np.nan, np.inf, 1.0 + 1e-9, np.nan])
+    bad = checks.mismatches(actual, expected, np.full(4, 1e-6), np.zeros(4, bool))
+    assert bad.tolist() == [False, False, False, True]
+
+
+# --- the optional dtypes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "optional"), [("test-reference-float16", "float16"), ("test-torch-bfloat16", "bfloat16")]
+)
+def test_correct_backends_with_optional_dtypes_pass(name, optional):
+    """float16 tolerances and the bfloat16 adapter path, on backends that are right by construction."""
+    if name == "test-torch-bfloat16":
+        pytest.importorskip("torch")
+    from fffcore.conformance.runner import run_suite
+    from tests import conformance_capability_backends as capability
+
+    with registry_with(("capability", capability)):
+        report = run_suite(name, max_examples=25, seed=SEED)
+    assert optional in report.target.dtypes
+    assert report.passed, "\n\n".join(result.message for result in report.failed)
