@@ -1,0 +1,68 @@
+"""Registers the PyTorch backend as ``torch``."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from fffcore.backend import AVAILABLE, Availability, Backend
+from fffcore.hookspecs import hookimpl
+from fffcore.params import FFFParams
+
+INSTALL = "pip install 'fffcore[torch]'"
+
+
+class TorchBackend(Backend):
+    """torch tensors in and out on their own device; numpy in and out on the CPU.
+
+    The parameters are converted to torch once per (params, device) and
+    cached (:func:`fffcore.backends.torch.prepared.torch_layer`); the work is
+    in :mod:`fffcore.backends.torch.kernels`.
+    """
+
+    name = "torch"
+    description = "PyTorch: tensors in and out on their own device (CPU, CUDA), numpy on the CPU"
+    array_types = ("torch", "numpy")
+    devices = ("cpu", "cuda")
+    # float16 and bfloat16 pass `fff check torch` (their CPU matrix products run in float32, see kernels._matmul).
+    dtypes = ("float16", "bfloat16", "float32", "float64")
+    priority = 50
+    install = INSTALL
+
+    def availability(self) -> Availability:
+        # find_spec looks for torch without importing it (importing costs seconds). It raises
+        # ValueError when torch is in sys.modules as None, the usual way to block an import.
+        try:
+            found = importlib.util.find_spec("torch") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return Availability(False, "torch is not installed", INSTALL)
+        return AVAILABLE
+
+    def version(self) -> str:
+        import torch
+
+        return str(torch.__version__)
+
+    def cmm(self, x: Any, params: FFFParams) -> tuple[Any, Any]:
+        from fffcore.backends.torch.conversion import compute_rows, to_input_type
+        from fffcore.backends.torch.kernels import cmm_rows
+        from fffcore.backends.torch.prepared import torch_layer
+
+        rows = compute_rows(x, params.dtype)
+        logits, nodes = cmm_rows(rows, torch_layer(params, rows.device))
+        return to_input_type(logits, x), to_input_type(nodes, x)
+
+    def fff(self, x: Any, params: FFFParams) -> Any:
+        from fffcore.backends.torch.conversion import compute_rows, to_input_type
+        from fffcore.backends.torch.kernels import fff_rows
+        from fffcore.backends.torch.prepared import torch_layer
+
+        rows = compute_rows(x, params.dtype)
+        return to_input_type(fff_rows(rows, torch_layer(params, rows.device), params.activation), x)
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register(TorchBackend())

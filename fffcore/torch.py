@@ -1,0 +1,162 @@
+"""fffcore for PyTorch models: parameters on a device, and an inference module.
+
+    >>> import torch, fffcore
+    >>> from fffcore.torch import FFFInference
+    >>> params = fffcore.FFFParams.random(d_in=8, d_out=8, depth=3, seed=0)
+    >>> block = FFFInference(params)
+    >>> block(torch.ones(2, 8)).shape
+    torch.Size([2, 8])
+
+Importing this module imports torch; ``import fffcore`` alone never does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    import torch
+except ImportError as error:  # pragma: no cover - exercised only where torch is missing
+    raise ImportError(
+        f"fffcore.torch needs PyTorch, which is not installed: pip install 'fffcore[torch]' ({error})"
+    ) from error
+
+from fffcore.api import fff
+from fffcore.params import FFFParams
+from fffcore.selection import select_backend
+from fffcore.spec import dtype_name
+
+__all__ = ["FFFInference", "to_torch"]
+
+
+def to_torch(params: FFFParams, device: Any = "cpu", dtype: Any = None) -> FFFParams:
+    """The same layer with its arrays as torch tensors on ``device``, converted once.
+
+    Keep the result and pass it to every call: the ``torch`` backend then uses
+    its tensors as they are. (Passing numpy parameters also works; the backend
+    converts them on first use and caches the conversion per device.)
+
+    Args:
+        params: the layer, numpy or torch.
+        device: a torch device or its name (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        dtype: a floating torch dtype or its name; None keeps ``params.dtype``.
+
+    Returns:
+        New :class:`FFFParams` holding tensors that own their memory (copies;
+        numpy arrays inside ``FFFParams`` are read-only and torch needs writable memory).
+    """
+    if not isinstance(params, FFFParams):
+        raise TypeError(f"params: expected FFFParams, got {type(params).__name__}")
+    target = _torch_dtype(params.dtype if dtype is None else dtype)
+    target_device = torch.device(device)
+
+    def convert(array: Any) -> Any:
+        if array is None:
+            return None
+        if isinstance(array, torch.Tensor):
+            return array.detach().to(device=target_device, dtype=target, copy=True)
+        return torch.tensor(array, device=target_device, dtype=target)
+
+    return FFFParams(convert(params.w_in), convert(params.b_in), convert(params.w_out), params.activation)
+
+
+class FFFInference(torch.nn.Module):
+    """An FFF layer as a ``torch.nn.Module`` for inference: ``y = fff(x, params)``.
+
+    The weights are buffers (``w_in`` (K, N, d_in), ``b_in`` (K, N) or None,
+    ``w_out`` (K, N, d_out)), not parameters: they move with ``.to(device)``
+    and are saved in ``state_dict``, but the module is not trainable. Its
+    output never requires grad, whatever the input, and no autograd graph is
+    kept, so it works the same under ``torch.no_grad()``, under
+    ``torch.inference_mode()`` and outside both.
+
+    Args:
+        params: the layer; copied into the module's buffers.
+        backend: the fffcore backend to call; None chooses automatically
+            (``torch`` for tensors, see :mod:`fffcore.selection`). Backends
+            that take tensors get them as they are; numpy-only backends
+            (``reference``, ``numba``) get a host copy of x and of the weights
+            (the weights' copy is made once), and the result goes back to x's device.
+        device, dtype: where and in which floating dtype to keep the weights;
+            None keeps the parameters' own (numpy parameters go to the CPU).
+
+    ``forward`` takes x of shape (..., d_in), any real floating dtype (it is
+    converted to the weights' dtype), and returns (..., d_out) in the
+    weights' dtype, on x's device.
+    """
+
+    def __init__(self, params: FFFParams, backend: str | None = None, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
+        if device is None:
+            device = params.w_in.device if isinstance(params.w_in, torch.Tensor) else "cpu"
+        tensors = to_torch(params, device, dtype)
+        self.register_buffer("w_in", tensors.w_in)
+        self.register_buffer("b_in", tensors.b_in)
+        self.register_buffer("w_out", tensors.w_out)
+        self.activation = params.activation
+        self.backend = backend
+        self._params: FFFParams | None = None
+        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._numpy_params: tuple[FFFParams, FFFParams] | None = None
+
+    def params(self) -> FFFParams:
+        """The current buffers as :class:`FFFParams`, rebuilt only after they were replaced or written.
+
+        ``.to()`` replaces the buffers; ``load_state_dict`` writes into them in place, which
+        bumps each tensor's version counter. Either way a new ``FFFParams`` is built, so
+        backends never use conversions cached for the old weights.
+        """
+        buffers = (self.w_in, self.b_in, self.w_out)
+        stamp = tuple((id(t), t._version) for t in buffers if t is not None)
+        if self._params is None or self._stamp != stamp:
+            self._params = FFFParams(self.w_in, self.b_in, self.w_out, self.activation)
+            self._stamp = stamp
+        return self._params
+
+    def numpy_params(self) -> FFFParams:
+        """The buffers as numpy :class:`FFFParams` (sharing CPU buffers' memory), for numpy-only backends."""
+        params = self.params()
+        cached = self._numpy_params
+        if cached is None or cached[0] is not params:
+            if self.w_in.dtype == torch.bfloat16:
+                raise TypeError("params: numpy has no bfloat16; use a backend that accepts torch tensors (torch)")
+            arrays = [None if t is None else t.detach().cpu().numpy() for t in (self.w_in, self.b_in, self.w_out)]
+            cached = (params, FFFParams(*arrays, self.activation))
+            self._numpy_params = cached
+        return cached[1]
+
+    def forward(self, x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        with torch.no_grad():
+            chosen = select_backend(x, self.backend)
+            if "torch" in chosen.array_types:
+                return fff(x, self.params(), backend=chosen.name)
+            if "numpy" in chosen.array_types:
+                # A numpy-only backend (reference, numba): through the host, and back to x's device.
+                y = fff(x.detach().cpu().numpy(), self.numpy_params(), backend=chosen.name)
+                return torch.from_numpy(y).to(x.device)
+            raise TypeError(
+                f"backend: {chosen.name!r} accepts {', '.join(chosen.array_types)} arrays, neither torch nor numpy"
+            )
+
+    def extra_repr(self) -> str:
+        trees, n_nodes, d_in = self.w_in.shape
+        depth = n_nodes.bit_length() - 1
+        return (
+            f"trees={trees}, depth={depth}, d_in={d_in}, d_out={self.w_out.shape[2]}, "
+            f"activation={self.activation!r}, bias={self.b_in is not None}, dtype={dtype_name(self.w_in.dtype)}, "
+            f"backend={self.backend!r}"
+        )
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype_name(dtype) if not isinstance(dtype, str) else dtype
+    found = getattr(torch, name, None)
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise TypeError(f"dtype: expected a floating dtype (torch.float32, 'float64', ...), got {dtype!r}")
+    return found
