@@ -1,0 +1,542 @@
+"""The Numba kernels behind the ``numba`` backend: blocked, grouped, level-synchronous walks.
+
+Importing this module imports numba; :mod:`fffcore.backends.numba.plugin`
+imports it only on the first ``cmm``/``fff`` call. Every kernel is compiled
+lazily, once per signature, with ``cache=True`` (on disk, in numba's cache
+directory), so later processes load machine code instead of compiling.
+
+How a layer is evaluated (per tree; the design and the measurements behind it
+are logged in ``benchmarks/NOTES.md``):
+
+1. *Top stage*: rows are cut into blocks of ``block`` consecutive rows and
+   each block walks levels ``0 .. split-1`` together, level by level. Rows of
+   a block that sit on the same node are kept next to each other, so one load
+   of a weight vector serves up to four rows (``_dot4_shared``).
+2. *Sort*: a counting sort orders all rows by the node they reached at level
+   ``split`` (the root of their subtree).
+3. *Deep stage*: the sorted rows are cut into blocks again and each block
+   walks the remaining levels. Rows of one block now share the subtree, so the
+   deep weights, which no single block of unsorted rows would share, are
+   loaded from memory once per block instead of once per row.
+4. *Output* (fused ``fff`` only): each row's output is written in passes of
+   four levels, ``y += a0*w0 + a1*w1 + a2*w2 + a3*w3``, which reads and writes
+   ``y`` a quarter as often as one level at a time; four rows that share four
+   levels' nodes (the top of a sorted block) share the loads of those
+   ``w_out`` rows (:func:`_accumulate_shared`).
+
+``split`` is chosen so that a subtree holds about one block of rows.
+
+Floating-point: the dot products and the output sums run in the layer's
+dtype with the fastmath flags :data:`SAFE_FASTMATH`, which let LLVM
+reassociate and vectorise sums but keep IEEE NaN and infinity semantics, so
+the branch ``logit > 0`` (NaN and zero go left) is evaluated exactly on the
+logit the kernel computed. Reassociation changes the rounding of a logit
+within ``gamma_n * sum_i |x_i w_i|``, the band the conformance rules allow.
+Activations run in float64 without fastmath (:mod:`.activations`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, set_parallel_chunksize
+
+from fffcore.backends.numba.activations import activate
+
+#: LLVM fast-math flags that cannot change NaN/inf semantics or a comparison:
+#: no ``nnan``/``ninf`` (they would let LLVM assume ``logit > 0`` is never NaN).
+SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: Rows per block: 64 rows of x and of y at width 768 (2 x 192 KiB in float32)
+#: plus the block's weight rows stay in a 1.25 MiB L2 cache.
+DEFAULT_BLOCK = 64
+
+
+#: Below this many rows a call runs on the calling thread. A row costs a few
+#: microseconds on one core; a parallel region costs tens of microseconds on an
+#: idle machine but up to a scheduler time slice (measured: 13 ms at 256 rows,
+#: against 1.7 ms serial) when other processes hold the cores, because every
+#: thread must reach the region's barrier. Medium batches gain little from a
+#: second thread and risk a lot, so they stay serial (benchmarks/NOTES.md).
+PARALLEL_MIN_ROWS = 1024
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _dot1(x, row, w, tree, node):
+    """``x[row] . w[tree, node]`` in the dtype of ``x``."""
+    total = x.dtype.type(0)
+    for i in range(x.shape[1]):
+        total += x[row, i] * w[tree, node, i]
+    return total
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _dot4_shared(x, r0, r1, r2, r3, w, tree, node):
+    """Four rows against one weight vector: one weight load feeds four FMAs."""
+    zero = x.dtype.type(0)
+    s0 = zero
+    s1 = zero
+    s2 = zero
+    s3 = zero
+    for i in range(x.shape[1]):
+        weight = w[tree, node, i]
+        s0 += x[r0, i] * weight
+        s1 += x[r1, i] * weight
+        s2 += x[r2, i] * weight
+        s3 += x[r3, i] * weight
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, first, last, logits, nodes):
+    """Walk the rows ``order`` (sorted by ``node``) from level ``first`` to ``last - 1``.
+
+    Args:
+        x: (B, d_in) rows.
+        w_in, b_in: (K, N, d_in) and (K, N) (``b_in`` ignored unless ``has_bias``).
+        tree: which tree's weights to use; ``slot``: its index on axis 1 of
+            ``logits``/``nodes``.
+        order: (m,) int64 row indices, sorted by their current node; reordered
+            in place so that it stays sorted by node at every level.
+        node: (m,) int64 current node of ``order[i]``, updated in place.
+        logits, nodes: (B, S, L) outputs, written at ``[order[i], slot, level]``.
+    """
+    m = order.shape[0]
+    scratch_order = np.empty(m, np.int64)
+    scratch_node = np.empty(m, np.int64)
+    values = np.empty(m, x.dtype)
+    for level in range(first, last):
+        # Logits, one run of rows sharing a node at a time.
+        start = 0
+        while start < m:
+            current = node[start]
+            stop = start + 1
+            while stop < m and node[stop] == current:
+                stop += 1
+            i = start
+            while i + 4 <= stop:
+                s0, s1, s2, s3 = _dot4_shared(
+                    x, order[i], order[i + 1], order[i + 2], order[i + 3], w_in, tree, current
+                )
+                values[i] = s0
+                values[i + 1] = s1
+                values[i + 2] = s2
+                values[i + 3] = s3
+                i += 4
+            while i < stop:
+                values[i] = _dot1(x, order[i], w_in, tree, current)
+                i += 1
+            if has_bias:
+                bias = b_in[tree, current]
+                for j in range(start, stop):
+                    values[j] += bias
+            start = stop
+        # Record, then branch (strictly > 0: zero and NaN go left), keeping each
+        # run's left children before its right children so the order stays sorted.
+        start = 0
+        out = 0
+        while start < m:
+            current = node[start]
+            stop = start + 1
+            while stop < m and node[stop] == current:
+                stop += 1
+            for j in range(start, stop):
+                row = order[j]
+                logits[row, slot, level] = values[j]
+                nodes[row, slot, level] = current
+                if not values[j] > 0:
+                    scratch_order[out] = row
+                    scratch_node[out] = 2 * current + 1
+                    out += 1
+            for j in range(start, stop):
+                if values[j] > 0:
+                    scratch_order[out] = order[j]
+                    scratch_node[out] = 2 * current + 2
+                    out += 1
+            start = stop
+        order[:] = scratch_order
+        node[:] = scratch_node
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _accumulate4(y, row, a0, a1, a2, a3, w, tree, n0, n1, n2, n3, assign):
+    """``y[row] (= or +=) a0 w[tree, n0] + ... + a3 w[tree, n3]``: four levels per pass over ``y[row]``."""
+    if assign:
+        for j in range(y.shape[1]):
+            y[row, j] = a0 * w[tree, n0, j] + a1 * w[tree, n1, j] + a2 * w[tree, n2, j] + a3 * w[tree, n3, j]
+    else:
+        for j in range(y.shape[1]):
+            y[row, j] += a0 * w[tree, n0, j] + a1 * w[tree, n1, j] + a2 * w[tree, n2, j] + a3 * w[tree, n3, j]
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _accumulate1(y, row, a0, w, tree, n0, assign):
+    """``y[row] (= or +=) a0 w[tree, n0]``: the levels left over after the passes of four."""
+    if assign:
+        for j in range(y.shape[1]):
+            y[row, j] = a0 * w[tree, n0, j]
+    else:
+        for j in range(y.shape[1]):
+            y[row, j] += a0 * w[tree, n0, j]
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _accumulate_shared(y, r0, r1, r2, r3, acts, i, level, w, tree, n0, n1, n2, n3, assign):
+    """Four rows that share four levels' nodes: each w_out vector is loaded once for the four rows."""
+    a00, a01, a02, a03 = acts[i, level], acts[i, level + 1], acts[i, level + 2], acts[i, level + 3]
+    a10, a11, a12, a13 = acts[i + 1, level], acts[i + 1, level + 1], acts[i + 1, level + 2], acts[i + 1, level + 3]
+    a20, a21, a22, a23 = acts[i + 2, level], acts[i + 2, level + 1], acts[i + 2, level + 2], acts[i + 2, level + 3]
+    a30, a31, a32, a33 = acts[i + 3, level], acts[i + 3, level + 1], acts[i + 3, level + 2], acts[i + 3, level + 3]
+    for j in range(y.shape[1]):
+        w0 = w[tree, n0, j]
+        w1 = w[tree, n1, j]
+        w2 = w[tree, n2, j]
+        w3 = w[tree, n3, j]
+        v0 = a00 * w0 + a01 * w1 + a02 * w2 + a03 * w3
+        v1 = a10 * w0 + a11 * w1 + a12 * w2 + a13 * w3
+        v2 = a20 * w0 + a21 * w1 + a22 * w2 + a23 * w3
+        v3 = a30 * w0 + a31 * w1 + a32 * w2 + a33 * w3
+        if assign:
+            y[r0, j] = v0
+            y[r1, j] = v1
+            y[r2, j] = v2
+            y[r3, j] = v3
+        else:
+            y[r0, j] += v0
+            y[r1, j] += v1
+            y[r2, j] += v2
+            y[r3, j] += v3
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _output_row_levels(y, row, acts, i, nodes, w_out, tree, first_level, assign):
+    """``y[row] (= or +=) sum_{l >= first_level} acts[i, l] * w_out[tree, nodes[row, 0, l]]``."""
+    levels = acts.shape[1]
+    first = assign
+    level = first_level
+    while level + 4 <= levels:
+        _accumulate4(
+            y,
+            row,
+            acts[i, level],
+            acts[i, level + 1],
+            acts[i, level + 2],
+            acts[i, level + 3],
+            w_out,
+            tree,
+            nodes[row, 0, level],
+            nodes[row, 0, level + 1],
+            nodes[row, 0, level + 2],
+            nodes[row, 0, level + 3],
+            first,
+        )
+        first = False
+        level += 4
+    while level < levels:
+        _accumulate1(y, row, acts[i, level], w_out, tree, nodes[row, 0, level], first)
+        first = False
+        level += 1
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _output_rows(y, order, logits, nodes, w_out, tree, code, assign):
+    """``y[row] (= or +=) sum_l act(logits[row, 0, l]) * w_out[tree, nodes[row, 0, l]]`` for each row in ``order``.
+
+    ``order`` is sorted by path (the walk leaves it sorted by leaf), so four
+    consecutive rows that agree on a level's node agree on every level above
+    it: their shared top levels go through :func:`_accumulate_shared`, four
+    levels at a time, and the rest row by row.
+    """
+    m = order.shape[0]
+    levels = logits.shape[2]
+    zero = y.dtype.type(0)
+    acts = np.empty((m, levels), y.dtype)
+    for i in range(m):
+        for level in range(levels):
+            acts[i, level] = zero + activate(code, np.float64(logits[order[i], 0, level]))
+    i = 0
+    while i + 4 <= m:
+        r0, r1, r2, r3 = order[i], order[i + 1], order[i + 2], order[i + 3]
+        shared = 0
+        while shared < levels and nodes[r0, 0, shared] == nodes[r3, 0, shared]:
+            shared += 1
+        shared -= shared % 4
+        first = assign
+        for level in range(0, shared, 4):
+            _accumulate_shared(
+                y,
+                r0,
+                r1,
+                r2,
+                r3,
+                acts,
+                i,
+                level,
+                w_out,
+                tree,
+                nodes[r0, 0, level],
+                nodes[r0, 0, level + 1],
+                nodes[r0, 0, level + 2],
+                nodes[r0, 0, level + 3],
+                first,
+            )
+            first = False
+        for k in range(4):
+            _output_row_levels(y, order[i + k], acts, i + k, nodes, w_out, tree, shared, first)
+        i += 4
+    while i < m:
+        _output_row_levels(y, order[i], acts, i, nodes, w_out, tree, 0, assign)
+        i += 1
+
+
+@njit(cache=True)
+def _sort_by_node(node_at_split, n_nodes):
+    """Row indices sorted (stably) by ``node_at_split``, a counting sort: (B,) int64.
+
+    Nodes are below ``2 * n_nodes + 1``: a split after the last level names the
+    leaves' would-be children.
+    """
+    counts = np.zeros(2 * n_nodes + 2, np.int64)
+    for row in range(node_at_split.shape[0]):
+        counts[node_at_split[row] + 1] += 1
+    for n in range(2 * n_nodes + 1):
+        counts[n + 1] += counts[n]
+    order = np.empty(node_at_split.shape[0], np.int64)
+    for row in range(node_at_split.shape[0]):
+        n = node_at_split[row]
+        order[counts[n]] = row
+        counts[n] += 1
+    return order
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _top_block(x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, hi, split, node_at_split):
+    """Rows ``lo .. hi-1`` (one block) from the root down to level ``split - 1``; records where they land."""
+    order = np.arange(lo, hi)
+    node = np.zeros(hi - lo, np.int64)
+    _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, 0, split, logits, nodes)
+    for i in range(hi - lo):
+        node_at_split[order[i]] = node[i]
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _deep_block(
+    x, w_in, b_in, has_bias, tree, slot, logits, nodes, order, split, node_at_split, y, w_out, code, fused, assign
+):
+    """Rows ``order`` (sorted by their node at level ``split``) from there to the leaves, then their output."""
+    node = np.empty(order.shape[0], np.int64)
+    for i in range(order.shape[0]):
+        node[i] = node_at_split[order[i]]
+    _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, split, logits.shape[2], logits, nodes)
+    if fused:
+        _output_rows(y, order, logits, nodes, w_out, tree, code, assign)
+
+
+@njit(cache=True, parallel=True)
+def _walk_tree_parallel(
+    x, w_in, b_in, has_bias, tree, slot, logits, nodes, block, split, node_at_split, y, w_out, code, fused, assign
+):
+    """Every row through tree ``tree`` (see the module docstring), blocks spread over Numba's threads.
+
+    ``node_at_split`` (B,) int64 zeros, filled with the node each row reaches
+    at level ``split``. Call it through
+    :func:`_dynamic_blocks`, which hands blocks out one at a time (chunk size
+    1), so a thread that the operating system delays holds back one block, not
+    a fixed share of them. (``with parallel_chunksize`` inside the kernel
+    would do the same but cannot be cached.)
+    """
+    rows = x.shape[0]
+    blocks = (rows + block - 1) // block
+    if split > 0:
+        for b in prange(blocks):
+            lo = b * block
+            _top_block(
+                x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, min(rows, lo + block), split, node_at_split
+            )
+    sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
+    for b in prange(blocks):
+        lo = b * block
+        order = sorted_rows[lo : min(rows, lo + block)].copy()
+        _deep_block(
+            x,
+            w_in,
+            b_in,
+            has_bias,
+            tree,
+            slot,
+            logits,
+            nodes,
+            order,
+            split,
+            node_at_split,
+            y,
+            w_out,
+            code,
+            fused,
+            assign,
+        )
+
+
+@njit(cache=True)
+def _walk_tree_serial(
+    x, w_in, b_in, has_bias, tree, slot, logits, nodes, block, split, node_at_split, y, w_out, code, fused, assign
+):
+    """:func:`_walk_tree_parallel` on the calling thread: small batches, where waking threads costs more."""
+    rows = x.shape[0]
+    blocks = (rows + block - 1) // block
+    if split > 0:
+        for b in range(blocks):
+            lo = b * block
+            _top_block(
+                x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, min(rows, lo + block), split, node_at_split
+            )
+    sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
+    for b in range(blocks):
+        lo = b * block
+        order = sorted_rows[lo : min(rows, lo + block)].copy()
+        _deep_block(
+            x,
+            w_in,
+            b_in,
+            has_bias,
+            tree,
+            slot,
+            logits,
+            nodes,
+            order,
+            split,
+            node_at_split,
+            y,
+            w_out,
+            code,
+            fused,
+            assign,
+        )
+
+
+def _dynamic_blocks(*args) -> None:
+    """:func:`_walk_tree_parallel` with chunk size 1 on this thread, restored afterwards."""
+    previous = set_parallel_chunksize(1)
+    try:
+        _walk_tree_parallel(*args)
+    finally:
+        set_parallel_chunksize(previous)
+
+
+def _walk_tree(rows: int):
+    """The parallel kernel, or the serial one below :data:`PARALLEL_MIN_ROWS` rows."""
+    return _dynamic_blocks if rows >= PARALLEL_MIN_ROWS else _walk_tree_serial
+
+
+def choose_split(rows: int, levels: int, block: int) -> int:
+    """Levels walked before the sort: about log2(rows / block), so a subtree holds about one block of rows."""
+    if rows <= block:
+        return 0
+    return int(min(levels, max(0, round(np.log2(rows / block)))))
+
+
+def run_cmm(
+    x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, has_bias: bool, block: int = DEFAULT_BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """CMM of every row.
+
+    Args:
+        x: (B, d_in) C-contiguous rows in the weights' dtype (float32 or float64).
+        w_in: (K, N, d_in) weights; b_in: (K, N) biases, read only when ``has_bias``.
+        block: rows walked together.
+
+    Returns:
+        logits (B, K, L) in x's dtype and nodes (B, K, L) int64, L = depth + 1.
+    """
+    rows = x.shape[0]
+    trees, n_nodes, _ = w_in.shape
+    levels = (n_nodes + 1).bit_length() - 1
+    logits = np.empty((rows, trees, levels), x.dtype)
+    nodes = np.empty((rows, trees, levels), np.int64)
+    if rows == 0:
+        return logits, nodes
+    split = choose_split(rows, levels, block)
+    unused_y = np.empty((0, 1), x.dtype)
+    unused_w = np.empty((1, 1, 1), x.dtype)
+    kernel = _walk_tree(rows)
+    for tree in range(trees):
+        node_at_split = np.zeros(rows, np.int64)
+        kernel(
+            x,
+            w_in,
+            b_in,
+            has_bias,
+            tree,
+            tree,
+            logits,
+            nodes,
+            block,
+            split,
+            node_at_split,
+            unused_y,
+            unused_w,
+            0,
+            False,
+            False,
+        )
+    return logits, nodes
+
+
+def run_fff(
+    x: np.ndarray,
+    w_in: np.ndarray,
+    b_in: np.ndarray,
+    has_bias: bool,
+    w_out: np.ndarray,
+    code: int,
+    block: int = DEFAULT_BLOCK,
+) -> np.ndarray:
+    """The fused FFF layer: (B, d_out) in x's dtype.
+
+    Args as :func:`run_cmm`, plus ``w_out`` (K, N, d_out) and the activation
+    ``code`` (:data:`fffcore.backends.numba.activations.ACTIVATION_CODES`).
+    Only one tree's (B, 1, L) logits and nodes exist at a time.
+    """
+    rows = x.shape[0]
+    trees, n_nodes, _ = w_in.shape
+    levels = (n_nodes + 1).bit_length() - 1
+    y = np.empty((rows, w_out.shape[2]), x.dtype)
+    if rows == 0:
+        return y
+    split = choose_split(rows, levels, block)
+    logits = np.empty((rows, 1, levels), x.dtype)
+    nodes = np.empty((rows, 1, levels), np.int64)
+    kernel = _walk_tree(rows)
+    for tree in range(trees):
+        node_at_split = np.zeros(rows, np.int64)
+        kernel(
+            x,
+            w_in,
+            b_in,
+            has_bias,
+            tree,
+            0,
+            logits,
+            nodes,
+            block,
+            split,
+            node_at_split,
+            y,
+            w_out,
+            code,
+            True,
+            tree == 0,
+        )
+    return y
+
+
+def cache_statistics() -> dict[str, int]:
+    """On-disk cache hits and misses of this process's kernel compilations: ``{"hits": ..., "misses": ...}``.
+
+    A miss means a signature was compiled here; in a process started after the
+    cache was filled, every signature should be a hit.
+    """
+    hits = misses = 0
+    for dispatcher in (_walk_tree_parallel, _walk_tree_serial):
+        hits += sum(dispatcher.stats.cache_hits.values())
+        misses += sum(dispatcher.stats.cache_misses.values())
+    return {"hits": hits, "misses": misses}

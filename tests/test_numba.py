@@ -1,0 +1,262 @@
+"""The ``numba`` backend against the NumPy reference and the float64 oracle.
+
+Exact where arithmetic is exact (small integer-valued inputs), derived
+tolerances and the near-tie rule on random inputs, special values on their
+own, and the contract: shapes, dtypes, layouts, no writes to inputs, threads,
+the on-disk cache and availability without numba.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fffcore
+from fffcore import FFFParams
+from fffcore.backends.numba import plugin
+from fffcore.reference import evaluate_path
+from fffcore.spec import ACTIVATIONS
+
+pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'fffcore[numba]'")
+
+# Imports numba, so only after the importorskip above.
+from fffcore.backends.numba.kernels import DEFAULT_BLOCK, PARALLEL_MIN_ROWS
+
+#: Batches that reach the parallel kernel, and ones that the serial kernel cuts into several blocks.
+PARALLEL_ROWS = PARALLEL_MIN_ROWS + 37
+SERIAL_BLOCKED_ROWS = min(PARALLEL_MIN_ROWS - 1, 3 * DEFAULT_BLOCK + 5)
+
+DTYPES = ("float32", "float64")
+
+#: Largest |act'(z)| over the activations of the spec (gelu's is 1.1289 near z = 2.1,
+#: gelu_tanh's about the same, silu's 1.0998, relu's and identity's 1): an error e in
+#: a logit moves the activated value by at most ACT_SLOPE * e.
+ACT_SLOPE = 1.13
+
+
+def gamma(n: int, dtype: str) -> float:
+    """Higham's gamma_n = n u / (1 - n u), u the unit roundoff: the relative error bound of an n-term sum."""
+    u = np.finfo(dtype).eps / 2
+    return n * u / (1 - n * u)
+
+
+def integer_layer(rng, d_in, d_out, depth, trees, dtype, activation, bias=True) -> FFFParams:
+    """Weights in -3..3 and biases in -5..5: every logit and output is an exact small integer sum."""
+    n = 2 ** (depth + 1) - 1
+    return FFFParams(
+        rng.integers(-3, 4, (trees, n, d_in)).astype(dtype),
+        rng.integers(-5, 6, (trees, n)).astype(dtype) if bias else None,
+        rng.integers(-3, 4, (trees, n, d_out)).astype(dtype),
+        activation,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["identity", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [0, 1, 5, SERIAL_BLOCKED_ROWS, PARALLEL_ROWS])
+def test_exact_on_integer_inputs(dtype, activation, bias, rows):
+    # |logit| <= 9 * 3 * 4 + 5 and |y| <= 2 trees * 4 levels * 113 * 3: far below 2**24,
+    # so every partial sum is exact in float32 and any summation order gives the same bits.
+    rng = np.random.default_rng(rows)
+    params = integer_layer(rng, 9, 5, 3, 2, dtype, activation, bias)
+    x = rng.integers(-4, 5, (rows, 9)).astype(dtype)
+    expected = fffcore.cmm(x, params, backend="reference")
+    result = fffcore.cmm(x, params, backend="numba")
+    assert result.logits.dtype == np.dtype(dtype) and result.nodes.dtype == np.int64
+    np.testing.assert_array_equal(result.nodes, expected.nodes)
+    np.testing.assert_array_equal(result.logits, expected.logits)
+    y = fffcore.fff(x, params, backend="numba")
+    assert y.dtype == np.dtype(dtype) and y.shape == (rows, 5)
+    np.testing.assert_array_equal(y, fffcore.fff(x, params, backend="reference"))
+
+
+def test_exact_ties_go_left():
+    # Every logit is exactly 0 (x orthogonal to all weights): every row takes the leftmost path.
+    params = FFFParams(np.tile([[1.0, -1.0]], (1, 7, 1)), np.zeros((1, 7)), np.ones((1, 7, 2)), "relu")
+    x = np.array([[2.0, 2.0], [-3.0, -3.0]])
+    result = fffcore.cmm(x, params, backend="numba")
+    np.testing.assert_array_equal(result.nodes, [[[0, 1, 3]], [[0, 1, 3]]])
+    np.testing.assert_array_equal(result.logits, np.zeros((2, 1, 3)))
+
+
+def check_against_oracle(x, params, logits, nodes, y):
+    """The near-tie rules: a valid path, logits within their rounding band, a branch against the
+    float64 sign only inside the band, and the output within its derived bound along our own path."""
+    dtype = params.dtype
+    levels = params.depth + 1
+    # 1. The path follows the backend's own logits exactly: 2n + 1 + (logit > 0).
+    np.testing.assert_array_equal(nodes[..., 0], 0)
+    np.testing.assert_array_equal(nodes[..., 1:], 2 * nodes[..., :-1] + 1 + (logits[..., :-1] > 0))
+    truth = evaluate_path(x, params, nodes)
+    # 2. Each logit is a (d_in + 1)-term sum in dtype: |error| <= gamma_{d_in+1} * sum |x_i w_i| + |b|.
+    band = gamma(params.d_in + 1, dtype) * truth.logit_scale
+    assert np.all(np.abs(logits - truth.logits) <= band)
+    # 3. A branch may disagree with the float64 sign only where the float64 logit is inside the band.
+    disagree = (logits[..., :-1] > 0) != (truth.logits[..., :-1] > 0)
+    assert np.all(np.abs(truth.logits[..., :-1][disagree]) <= band[..., :-1][disagree])
+    # 4. Output: act(logit) is off by ACT_SLOPE * band + u |act| (rounding to dtype), each times |w_out|,
+    #    plus the K*L-term sum of the products in dtype: gamma_{K*L+1} * output_scale.
+    u = np.finfo(dtype).eps / 2
+    tree = np.arange(params.trees)[None, :, None]
+    w_out = np.abs(params.w_out.astype(np.float64)[tree, nodes])  # (B, K, L, d_out)
+    act_error = ACT_SLOPE * band + u * np.abs(fffcore.reference.activate(params.activation, truth.logits))
+    bound = np.einsum("bkl,bklo->bo", act_error, w_out) + gamma(params.trees * levels + 1, dtype) * truth.output_scale
+    assert np.all(np.abs(y - truth.output) <= bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize(
+    ("rows", "trees", "depth", "bias"),
+    [(1, 1, 0, True), (7, 3, 4, False), (SERIAL_BLOCKED_ROWS, 2, 6, True), (PARALLEL_ROWS, 2, 6, True)],
+)
+def test_random_layers_within_derived_bounds(dtype, activation, rows, trees, depth, bias):
+    params = FFFParams.random(24, 10, depth, trees, bias=bias, activation=activation, dtype=dtype, seed=rows)
+    x = np.random.default_rng(rows + 1).standard_normal((rows, 24)).astype(dtype)
+    logits, nodes = fffcore.cmm(x, params, backend="numba")
+    y = fffcore.fff(x, params, backend="numba")
+    check_against_oracle(x, params, logits, nodes, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_near_ties_are_handled_by_the_band(dtype):
+    # Half the rows sit exactly on the root's hyperplane, then are nudged by one ulp either way.
+    params = FFFParams.random(16, 4, 3, 1, bias=False, activation="gelu", dtype=dtype, seed=3)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 16)).astype(dtype)
+    w = params.w_in[0, 0].astype(np.float64)
+    x64 = x.astype(np.float64)
+    x64[:32] -= np.outer(x64[:32] @ w / (w @ w), w)  # project onto w's orthogonal complement
+    x = x64.astype(dtype)
+    x[:32, 0] = np.nextafter(x[:32, 0], np.where(np.arange(32) % 2 == 0, np.inf, -np.inf).astype(dtype))
+    logits, nodes = fffcore.cmm(x, params, backend="numba")
+    check_against_oracle(x, params, logits, nodes, fffcore.fff(x, params, backend="numba"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_special_values_match_the_reference(dtype, activation):
+    # d_in = 1 and weight 1 at every node, so each logit is x itself (plus a zero bias):
+    # NaN (goes left), +inf (right, act = inf), -inf (left, act(-inf) is the limit), zero (left).
+    params = FFFParams(np.ones((1, 3, 1), dtype), np.zeros((1, 3), dtype), np.full((1, 3, 2), 0.5, dtype), activation)
+    x = np.array([[np.nan], [np.inf], [-np.inf], [0.0], [-0.0], [2.0]], dtype)
+    expected = fffcore.cmm(x, params, backend="reference")
+    result = fffcore.cmm(x, params, backend="numba")
+    np.testing.assert_array_equal(result.nodes, expected.nodes)
+    np.testing.assert_array_equal(result.logits, expected.logits)  # NaN == NaN position-wise
+    expected_y = fffcore.fff(x, params, backend="reference")
+    np.testing.assert_allclose(fffcore.fff(x, params, backend="numba"), expected_y, rtol=4 * np.finfo(dtype).eps)
+
+
+def test_non_contiguous_and_other_dtype_inputs_are_converted_without_writes():
+    params = FFFParams.random(8, 3, 3, 2, seed=5, dtype="float32")
+    base = np.random.default_rng(6).standard_normal((10, 16))  # float64
+    x = base[::2, ::2]  # strided, float64: one copy into float32 rows
+    before = x.copy()
+    expected = fffcore.fff(np.ascontiguousarray(x, np.float32), params, backend="numba")
+    np.testing.assert_array_equal(fffcore.fff(x, params, backend="numba"), expected)
+    np.testing.assert_array_equal(fffcore.fff(x.T.copy().T, params, backend="numba"), expected)  # Fortran order
+    np.testing.assert_array_equal(x, before)
+    read_only = np.ascontiguousarray(x, np.float32)
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(fffcore.fff(read_only, params, backend="numba"), expected)
+
+
+def test_leading_dimensions_and_empty_batches():
+    params = FFFParams.random(6, 4, 2, 1, seed=7)
+    x = np.random.default_rng(8).standard_normal((2, 3, 6)).astype(np.float32)
+    assert fffcore.fff(x, params, backend="numba").shape == (2, 3, 4)
+    assert fffcore.cmm(x, params, backend="numba").nodes.shape == (2, 3, 1, 3)
+    empty = np.zeros((0, 6), np.float32)
+    assert fffcore.fff(empty, params, backend="numba").shape == (0, 4)
+    logits, nodes = fffcore.cmm(empty, params, backend="numba")
+    assert logits.shape == (0, 1, 3) and nodes.dtype == np.int64
+
+
+def test_concurrent_calls_from_threads_agree_with_a_serial_call():
+    params = FFFParams.random(32, 8, 5, 2, seed=9)
+    # Half the batches take the serial kernel, half the parallel one.
+    sizes = [SERIAL_BLOCKED_ROWS, PARALLEL_ROWS] * 4
+    inputs = [np.random.default_rng(s).standard_normal((rows, 32)).astype(np.float32) for s, rows in enumerate(sizes)]
+    serial = [fffcore.fff(x, params, backend="numba") for x in inputs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda x: fffcore.fff(x, params, backend="numba"), inputs))
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_registered_with_priority_over_the_reference_and_chosen_automatically():
+    backend = fffcore.get_backend("numba")
+    assert backend.priority > fffcore.get_backend("reference").priority
+    assert set(backend.dtypes) >= {"float32", "float64"} and set(backend.activations) == set(ACTIVATIONS)
+    params = FFFParams.random(4, 2, 1, seed=0)
+    with fffcore.use_backend("numba"):
+        assert fffcore.fff(np.ones((1, 4), np.float32), params).shape == (1, 2)
+
+
+def test_unavailable_without_numba_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(plugin.importlib.util, "find_spec", lambda name: None)
+    status = plugin.NumbaBackend().availability()
+    assert not status.available
+    assert "numba" in status.reason and status.fix == "pip install 'fffcore[numba]'"
+
+
+def run_fresh(code: str, **env: str) -> dict:
+    """Run ``code`` in a new interpreter and return the JSON it prints last."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_fffcore_does_not_import_numba_and_listing_checks_it_loads():
+    seen = run_fresh(
+        """
+        import json, sys, fffcore
+        imported_early = "numba" in sys.modules
+        rows = {b.name: b.available for b in fffcore.list_backends()}
+        print(json.dumps({"rows": rows, "imported_early": imported_early}))
+        """
+    )
+    assert seen["rows"]["numba"] is True
+    assert seen["imported_early"] is False
+
+
+def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numba_num_threads():
+    # Both the serial kernel (the first 10 rows) and the parallel one (all of them).
+    params = FFFParams.random(16, 4, 3, 1, seed=10)
+    x = np.random.default_rng(11).standard_normal((PARALLEL_ROWS, 16)).astype(np.float32)
+    for rows in (x[:10], x):
+        fffcore.fff(rows, params, backend="numba")  # compiles here (or loads) and fills the cache
+        fffcore.cmm(rows, params, backend="numba")
+    seen = run_fresh(
+        """
+        import json, numba, numpy as np, fffcore
+        from fffcore.backends.numba import kernels
+        params = fffcore.FFFParams.random(16, 4, 3, 1, seed=10)
+        x = np.random.default_rng(11).standard_normal((ROWS, 16)).astype(np.float32)
+        fffcore.fff(x[:10], params, backend="numba")
+        fffcore.cmm(x[:10], params, backend="numba")
+        y = fffcore.fff(x, params, backend="numba")
+        fffcore.cmm(x, params, backend="numba")
+        stats = kernels.cache_statistics()
+        print(json.dumps({"y": y.tolist(), "threads": numba.get_num_threads(), **stats}))
+        """.replace("ROWS", str(PARALLEL_ROWS)),
+        NUMBA_NUM_THREADS="1",
+    )
+    assert seen["threads"] == 1
+    assert seen["misses"] == 0 and seen["hits"] == 4  # fff and cmm, serial and parallel
+    np.testing.assert_array_equal(np.asarray(seen["y"], np.float32), fffcore.fff(x, params, backend="numba"))
