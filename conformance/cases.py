@@ -107,12 +107,19 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Case:
-    """A layer, an input, and the array type (with device) the input is given in."""
+    """A layer, an input, the array type (with device) the input is given in, and that of the parameters.
+
+    The parameters are numpy arrays when the backend accepts numpy arrays
+    (``params_array_type="numpy"``), else arrays of the input's library on its
+    device; bfloat16 parameters always come in the input's library, since
+    numpy has no bfloat16.
+    """
 
     layer: LayerSpec
     input: InputSpec
     array_type: str = "numpy"
     device: str = "cpu"
+    params_array_type: str = "numpy"
 
     def build(self) -> Built:
         """The arrays the backend receives and their float64 counterparts for the oracle."""
@@ -124,9 +131,10 @@ class Case:
         if self.input.force_ties:
             values, rounded[1] = _force_ties(values, rounded[0], rounded[1], layer)
         oracle_params = FFFParams(rounded[0], rounded[1], rounded[2], layer.activation)
-        if layer.dtype == "bfloat16":  # numpy has no bfloat16: the params live in the adapter's library
+        if layer.dtype == "bfloat16" or self.params_array_type != "numpy":
+            # numpy has no bfloat16, and a backend without numpy gets its own arrays: the input's library
             params = FFFParams(
-                *(None if w is None else adapter.from_numpy(w, "bfloat16", self.device) for w in rounded),
+                *(None if w is None else adapter.from_numpy(w, layer.dtype, self.device) for w in rounded),
                 layer.activation,
             )
         else:

@@ -44,23 +44,35 @@ class OracleAlongPath:
     output_unverifiable: np.ndarray  # (B, d_out) bool
 
 
-def oracle_along(x64: np.ndarray, params64: FFFParams, dtype: str, nodes: np.ndarray) -> OracleAlongPath:
-    """Evaluate the float64 oracle on rows ``x64`` (B, d_in) along ``nodes`` (B, K, L) for a ``dtype`` backend."""
+def oracle_along(
+    x64: np.ndarray, params64: FFFParams, dtype: str, nodes: np.ndarray, accumulation: str | None = None
+) -> OracleAlongPath:
+    """Evaluate the float64 oracle on rows ``x64`` (B, d_in) along ``nodes`` (B, K, L) for a ``dtype`` backend.
+
+    ``accumulation``: the dtype the backend accumulates in (``Backend.accumulation_dtypes``); None: ``dtype``.
+    """
     evaluation = evaluate_path(x64, params64, nodes)
     d_in = params64.d_in
-    logit_tol = tolerances.logit_tolerance(dtype, d_in, evaluation.logit_scale)
+    logit_tol = tolerances.logit_tolerance(dtype, d_in, evaluation.logit_scale, accumulation=accumulation)
     tree = np.arange(params64.trees)[None, :, None]
     w_out_abs = np.abs(params64.w_out[tree, nodes])  # (B, K, L, d_out)
     output_tol = tolerances.output_tolerance(
-        dtype, params64.activation, evaluation.logits, logit_tol, w_out_abs, evaluation.output_scale
+        dtype,
+        params64.activation,
+        evaluation.logits,
+        logit_tol,
+        w_out_abs,
+        evaluation.output_scale,
+        accumulation=accumulation,
+        output64=evaluation.output,
     )
     terms = nodes.shape[1] * nodes.shape[2]
     return OracleAlongPath(
         evaluation,
         logit_tol,
-        tolerances.may_overflow(dtype, evaluation.logit_scale, d_in),
+        tolerances.may_overflow(dtype, evaluation.logit_scale, d_in, accumulation=accumulation),
         output_tol,
-        tolerances.may_overflow(dtype, evaluation.output_scale + output_tol, terms),
+        tolerances.may_overflow(dtype, evaluation.output_scale + output_tol, terms, accumulation=accumulation),
     )
 
 
@@ -92,7 +104,9 @@ def check_path_structure(nodes: np.ndarray, depth: int, leading: tuple[int, ...]
         )
 
 
-def check_branches(built: Built, logits: np.ndarray, nodes: np.ndarray, leading: tuple[int, ...]) -> OracleAlongPath:
+def check_branches(
+    built: Built, logits: np.ndarray, nodes: np.ndarray, leading: tuple[int, ...], accumulation: str | None = None
+) -> OracleAlongPath:
     """The path is valid: each branch matches the float64 logit's sign unless that logit is inside the band.
 
     Also checks that the backend followed its own logits (``> 0`` right, ``< 0``
@@ -100,20 +114,20 @@ def check_branches(built: Built, logits: np.ndarray, nodes: np.ndarray, leading:
     Returns the oracle along the backend's path for further checks.
     """
     dtype = built.case.layer.dtype
-    oracle = oracle_along(built.oracle_x, built.oracle_params, dtype, nodes)
+    oracle = oracle_along(built.oracle_x, built.oracle_params, dtype, nodes, accumulation)
     if nodes.shape[-1] < 2:
         return oracle
     went_right = nodes[..., 1:] == 2 * nodes[..., :-1] + 2
     z = oracle.evaluation.logits[..., :-1]
     with np.errstate(invalid="ignore"):
         must_go_right = z > 0  # NaN compares false: goes left
-    ambiguous = tolerances.branch_is_ambiguous(
-        dtype, built.oracle_params.d_in, z, oracle.evaluation.logit_scale[..., :-1]
-    )
+    scale = oracle.evaluation.logit_scale[..., :-1]
+    d_in = built.oracle_params.d_in
+    ambiguous = tolerances.branch_is_ambiguous(dtype, d_in, z, scale, accumulation=accumulation)
     wrong = (went_right != must_go_right) & ~ambiguous & ~oracle.logit_unverifiable[..., :-1]
     if np.any(wrong):
         row, tree, level = np.argwhere(wrong)[0]
-        band = oracle.logit_tolerance[row, tree, level]
+        band = float(tolerances.branch_band(dtype, d_in, scale[row, tree, level], accumulation=accumulation))
         side = "right" if went_right[row, tree, level] else "left"
         raise PropertyFailure(
             f"{where(row, leading)}, tree {tree}, level {level}: at node {nodes[row, tree, level]} the path went "
@@ -148,7 +162,7 @@ def check_logits(logits: np.ndarray, oracle: OracleAlongPath, leading: tuple[int
         )
 
 
-def check_output(built: Built, output: np.ndarray, leading: tuple[int, ...]) -> None:
+def check_output(built: Built, output: np.ndarray, leading: tuple[int, ...], accumulation: str | None = None) -> None:
     """The backend's output equals the float64 output along some valid path, within the output tolerance.
 
     Rows whose float64 path has no logit inside the rounding band have exactly
@@ -160,9 +174,13 @@ def check_output(built: Built, output: np.ndarray, leading: tuple[int, ...]) -> 
     params64 = built.oracle_params
     x64 = built.oracle_x
     _, nodes64 = oracle_cmm(x64, params64)
-    oracle = oracle_along(x64, params64, dtype, nodes64)
+    oracle = oracle_along(x64, params64, dtype, nodes64, accumulation)
     ambiguous = tolerances.branch_is_ambiguous(
-        dtype, params64.d_in, oracle.evaluation.logits[..., :-1], oracle.evaluation.logit_scale[..., :-1]
+        dtype,
+        params64.d_in,
+        oracle.evaluation.logits[..., :-1],
+        oracle.evaluation.logit_scale[..., :-1],
+        accumulation=accumulation,
     )
     undecided_rows = np.any(ambiguous, axis=(1, 2))
     bad = mismatches(output, oracle.evaluation.output, oracle.output_tolerance, oracle.output_unverifiable)
@@ -171,11 +189,11 @@ def check_output(built: Built, output: np.ndarray, leading: tuple[int, ...]) -> 
         row, column = np.argwhere(bad)[0]
         raise PropertyFailure(_output_message(row, column, output, oracle, leading, nodes64[row]))
     for row in np.flatnonzero(undecided_rows):
-        candidates = valid_path_combinations(x64[row], params64, dtype)
+        candidates = valid_path_combinations(x64[row], params64, dtype, accumulation)
         if candidates is None:
             continue  # too many near-ties to enumerate: this row cannot be checked
         rows = np.repeat(x64[row : row + 1], len(candidates), axis=0)
-        along = oracle_along(rows, params64, dtype, candidates)
+        along = oracle_along(rows, params64, dtype, candidates, accumulation)
         bad = mismatches(
             np.broadcast_to(output[row], along.evaluation.output.shape),
             along.evaluation.output,
@@ -192,11 +210,13 @@ def check_output(built: Built, output: np.ndarray, leading: tuple[int, ...]) -> 
             )
 
 
-def valid_path_combinations(x64: np.ndarray, params64: FFFParams, dtype: str) -> np.ndarray | None:
+def valid_path_combinations(
+    x64: np.ndarray, params64: FFFParams, dtype: str, accumulation: str | None = None
+) -> np.ndarray | None:
     """Every valid path of one row (d_in,), as (C, K, D+1) node arrays; None when there are too many."""
     per_tree = []
     for tree in range(params64.trees):
-        paths = _valid_paths_in_tree(x64, params64, dtype, tree)
+        paths = _valid_paths_in_tree(x64, params64, dtype, tree, accumulation)
         if paths is None:
             return None
         per_tree.append(paths)
@@ -206,7 +226,9 @@ def valid_path_combinations(x64: np.ndarray, params64: FFFParams, dtype: str) ->
     return np.array([list(combo) for combo in itertools.product(*per_tree)], dtype=np.int64)
 
 
-def _valid_paths_in_tree(x64: np.ndarray, params64: FFFParams, dtype: str, tree: int) -> list[list[int]] | None:
+def _valid_paths_in_tree(
+    x64: np.ndarray, params64: FFFParams, dtype: str, tree: int, accumulation: str | None
+) -> list[list[int]] | None:
     paths: list[list[int]] = [[0]]
     for _ in range(params64.depth):
         longer = []
@@ -217,7 +239,9 @@ def _valid_paths_in_tree(x64: np.ndarray, params64: FFFParams, dtype: str, tree:
             with np.errstate(invalid="ignore", over="ignore"):
                 logit = float(x64 @ weights + bias)
                 scale = float(np.abs(x64) @ np.abs(weights) + abs(bias))
-            ambiguous = tolerances.branch_is_ambiguous(dtype, params64.d_in, np.array(logit), np.array(scale))
+            ambiguous = tolerances.branch_is_ambiguous(
+                dtype, params64.d_in, np.array(logit), np.array(scale), accumulation=accumulation
+            )
             if ambiguous:
                 longer += [[*path, 2 * node + 1], [*path, 2 * node + 2]]
             else:
@@ -257,7 +281,12 @@ def _output_message(
 
 
 def check_exact(
-    built: Built, logits: np.ndarray, nodes: np.ndarray, output: np.ndarray, leading: tuple[int, ...]
+    built: Built,
+    logits: np.ndarray,
+    nodes: np.ndarray,
+    output: np.ndarray,
+    leading: tuple[int, ...],
+    accumulation: str | None = None,
 ) -> None:
     """Integer-valued cases: paths and logits bit for bit, and the tree sum bit for bit where it is exact.
 
@@ -294,7 +323,7 @@ def check_exact(
                 f"{num(expected[row, column])} (integer data and {layer.activation}: the tree sum is exact)"
             )
     else:
-        check_output(built, output, leading)
+        check_output(built, output, leading, accumulation)
 
 
 def num(value: object) -> str:

@@ -100,18 +100,34 @@ def result_types(target: Target, case: Case) -> None:
 
 
 def input_unchanged(target: Target, case: Case) -> None:
-    """Neither call writes to its input (compared byte for byte, NaN payloads included)."""
+    """Neither call writes to x or to the parameters (compared byte for byte, NaN payloads included)."""
     built = case.build()
-    adapter = ADAPTERS[case.array_type]
-    before = adapter.to_numpy(built.x)
+    before = _snapshot(built)
     call_backend(target, built)
-    after = adapter.to_numpy(built.x)
-    if before.tobytes() != after.tobytes():
+    after = _snapshot(built)
+    for name, old in before.items():
+        new = after[name]
+        if old.tobytes() == new.tobytes():
+            continue
         with np.errstate(invalid="ignore"):
-            differs = (before != after) & ~(np.isnan(before) & np.isnan(after))
+            differs = (old != new) & ~(np.isnan(old) & np.isnan(new))
         index = tuple(int(i) for i in np.argwhere(differs)[0]) if np.any(differs) else None
-        where = f"first at x[{', '.join(map(str, index))}]: {before[index]!r} became {after[index]!r}" if index else ""
-        raise PropertyFailure(f"the input was modified (byte for byte) {where}".strip())
+        where = f"first at {name}[{', '.join(map(str, index))}]: {old[index]!r} became {new[index]!r}" if index else ""
+        raise PropertyFailure(f"the input {name} was modified (byte for byte) {where}".strip())
+
+
+def _snapshot(built: Built) -> dict[str, np.ndarray]:
+    """Copies, as numpy, of x and every parameter array the backend received (numpy, torch or cupy)."""
+    arrays = {"x": built.x, "w_in": built.params.w_in, "b_in": built.params.b_in, "w_out": built.params.w_out}
+    snapshot = {}
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        adapter = adapter_for(array_type(array))
+        if adapter is None:
+            raise AssertionError(f"conformance suite bug: no adapter for the {name} it built")
+        snapshot[name] = np.array(adapter.to_numpy(array), copy=True)
+    return snapshot
 
 
 def repeatable(target: Target, case: Case) -> None:
@@ -127,7 +143,7 @@ def valid_paths(target: Target, case: Case) -> None:
     built = case.build()
     result = call_backend(target, built)
     checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
-    checks.check_branches(built, result.logits, result.nodes, result.leading)
+    checks.check_branches(built, result.logits, result.nodes, result.leading, target.accumulation(case.layer.dtype))
 
 
 def logits_along_path(target: Target, case: Case) -> None:
@@ -135,7 +151,9 @@ def logits_along_path(target: Target, case: Case) -> None:
     built = case.build()
     result = call_backend(target, built)
     checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
-    oracle = checks.oracle_along(built.oracle_x, built.oracle_params, case.layer.dtype, result.nodes)
+    oracle = checks.oracle_along(
+        built.oracle_x, built.oracle_params, case.layer.dtype, result.nodes, target.accumulation(case.layer.dtype)
+    )
     checks.check_logits(result.logits, oracle, result.leading, result.nodes)
 
 
@@ -143,7 +161,7 @@ def output_along_path(target: Target, case: Case) -> None:
     """The fff output equals the float64 output along a valid path, within the derived tolerance."""
     built = case.build()
     result = call_backend(target, built)
-    checks.check_output(built, result.output, result.leading)
+    checks.check_output(built, result.output, result.leading, target.accumulation(case.layer.dtype))
 
 
 def exact_ties_and_sums(target: Target, case: Case) -> None:
@@ -151,7 +169,9 @@ def exact_ties_and_sums(target: Target, case: Case) -> None:
     built = case.build()
     result = call_backend(target, built)
     checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
-    checks.check_exact(built, result.logits, result.nodes, result.output, result.leading)
+    checks.check_exact(
+        built, result.logits, result.nodes, result.output, result.leading, target.accumulation(case.layer.dtype)
+    )
 
 
 def nan_and_infinity(target: Target, case: Case) -> None:
@@ -159,9 +179,10 @@ def nan_and_infinity(target: Target, case: Case) -> None:
     built = case.build()
     result = call_backend(target, built)
     checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
-    oracle = checks.check_branches(built, result.logits, result.nodes, result.leading)
+    accumulation = target.accumulation(case.layer.dtype)
+    oracle = checks.check_branches(built, result.logits, result.nodes, result.leading, accumulation)
     checks.check_logits(result.logits, oracle, result.leading, result.nodes)
-    checks.check_output(built, result.output, result.leading)
+    checks.check_output(built, result.output, result.leading, accumulation)
 
 
 #: Invalid calls, each made on the backend and on the reference: (name, how to break the call).
@@ -218,8 +239,16 @@ def _invalid_call(kind: str, built: Built, adapter: Any) -> tuple[Any, Any]:
         return _raw_array(adapter, rows.astype(dtype), device), params
     if kind == "not_params":
         return adapter.from_numpy(rows, "float32", device), {"w_in": params.w_in}
-    # parameters built for one more input feature than x has
+    # parameters built for one more input feature than x has, in the array type the valid parameters have
     wider = FFFParams.random(d_in + 1, case.layer.d_out, case.layer.depth, case.layer.trees, dtype="float32", seed=0)
+    if params.array_type != "numpy":
+        wider = FFFParams(
+            *(
+                None if w is None else adapter.from_numpy(w, "float32", device)
+                for w in (wider.w_in, wider.b_in, wider.w_out)
+            ),
+            wider.activation,
+        )
     return adapter.from_numpy(rows, "float32", device), wider
 
 

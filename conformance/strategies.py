@@ -1,7 +1,8 @@
 """Hypothesis strategies for conformance cases.
 
 Plain functions returning strategies, with size caps so one example stays
-cheap: d_in and d_out 1..40 with an occasional 768, depth 0..7 with an
+cheap: d_in and d_out 1..40 with an occasional 768 (d_in capped for a backend
+that accumulates in a 16-bit dtype, see :meth:`Target.max_d_in`), depth 0..7 with an
 occasional 11, 1..4 trees, up to three leading dimensions of 0..5 (empty
 batches included). Every draw shrinks towards a small, boring case: one
 layer of depth 0, "normal" values, contiguous, the parameters' own dtype.
@@ -32,8 +33,15 @@ def _rarely(draw: st.DrawFn) -> bool:
 
 @st.composite
 def layer_specs(draw: st.DrawFn, target: Target, dtype: str, *, integer: bool = False) -> LayerSpec:
-    """A layer in ``dtype`` with one of the backend's activations."""
-    d_in = 768 if not integer and _rarely(draw) else draw(st.integers(1, 24 if integer else 40))
+    """A layer in ``dtype`` with one of the backend's activations.
+
+    d_in is capped at ``target.max_d_in(dtype)`` where the backend accumulates in a
+    16-bit dtype: wider layers would have rounding bands that accept nearly anything.
+    """
+    cap = target.max_d_in(dtype)
+    largest = 24 if integer else 40
+    rare_wide = not integer and (cap is None or cap >= 768)
+    d_in = 768 if rare_wide and _rarely(draw) else draw(st.integers(1, largest if cap is None else min(largest, cap)))
     d_out = 768 if _rarely(draw) else draw(st.integers(1, 40))
     depth = 11 if _rarely(draw) else draw(st.integers(0, 7))
     trees = draw(st.integers(1, 4))
@@ -108,7 +116,8 @@ def cases(
     if integer:
         values = st.just("integers")
     spec = draw(input_specs(target, layer, array_type, values=values, max_rows=max_rows, force_ties=integer))
-    return Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device)
+    params_type = "numpy" if "numpy" in target.array_types else array_type  # numpy params where accepted
+    return Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device, params_type)
 
 
 def _weight_decade(draw: st.DrawFn, dtype: str) -> int:

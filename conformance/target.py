@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fffcore.conformance.adapters import ADAPTERS
+from fffcore.conformance.tolerances import max_checkable_d_in
 from fffcore.spec import FLOATING_DTYPES
 
 
@@ -21,6 +22,8 @@ class Target:
             dtype is legal input; the backend converts it).
         version: the backend's version string, for reports.
         notes: capabilities declared but not exercised here, with the reason.
+        accumulation_dtypes: the backend's ``Backend.accumulation_dtypes``: per parameters'
+            dtype, the dtype its dot products and tree sums accumulate in (missing: the dtype itself).
     """
 
     backend: str
@@ -30,6 +33,15 @@ class Target:
     input_dtypes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     version: str = ""
     notes: tuple[str, ...] = ()
+    accumulation_dtypes: dict[str, str] = field(default_factory=dict)
+
+    def accumulation(self, dtype: str) -> str:
+        """The dtype the backend accumulates in for ``dtype`` parameters."""
+        return self.accumulation_dtypes.get(dtype, dtype)
+
+    def max_d_in(self, dtype: str) -> int | None:
+        """Largest d_in worth drawing for ``dtype`` (see :func:`fffcore.conformance.tolerances.max_checkable_d_in`)."""
+        return max_checkable_d_in(dtype, self.accumulation(dtype))
 
     @property
     def dtypes(self) -> tuple[str, ...]:
@@ -95,6 +107,15 @@ def resolve_target(backend: str, *, device: str | None = None, dtypes: tuple[str
         combinations += [(dtype, kind) for kind in kinds]
     if not combinations:
         raise ValueError(f"backend {backend!r}: nothing to test here; " + "; ".join(notes))
+    accumulation = _accumulation_dtypes(chosen, backend)
+    for dtype in dict.fromkeys(d for d, _ in combinations):
+        cap = max_checkable_d_in(dtype, accumulation.get(dtype))
+        if cap is not None:
+            notes.append(
+                f"{dtype}: d_in drawn up to {cap} only: the backend accumulates in {dtype} itself, whose "
+                f"rounding band gamma(d_in + 3, u) exceeds 0.05 of the logit's scale beyond that "
+                f"(declare accumulation_dtypes if it accumulates in a wider dtype)"
+            )
     return Target(
         backend=backend,
         device=device,
@@ -103,7 +124,23 @@ def resolve_target(backend: str, *, device: str | None = None, dtypes: tuple[str
         input_dtypes={kind: ADAPTERS[kind].dtypes for kind in usable_types},
         version=_version_of(chosen),
         notes=tuple(notes),
+        accumulation_dtypes=accumulation,
     )
+
+
+def _accumulation_dtypes(backend: object, name: str) -> dict[str, str]:
+    """The backend's declared accumulation dtypes, checked: floating, at least as precise as the storage dtype."""
+    from fffcore.conformance.tolerances import accumulation_roundoff
+
+    declared = dict(getattr(backend, "accumulation_dtypes", {}) or {})
+    for dtype, accumulation in declared.items():
+        if dtype not in FLOATING_DTYPES:
+            raise ValueError(f"accumulation_dtypes of backend {name!r}: expected dtype keys, got {dtype!r}")
+        try:
+            accumulation_roundoff(dtype, accumulation)
+        except ValueError as error:
+            raise ValueError(f"accumulation_dtypes of backend {name!r}: {error}") from None
+    return declared
 
 
 def _version_of(backend: object) -> str:

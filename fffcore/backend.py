@@ -46,6 +46,12 @@ class Backend:
             the highest priority wins. The reference has 0.
         install: the command that makes the backend available, e.g.
             ``pip install 'fffcore[numba]'``.
+        accumulation_dtypes: per parameters' dtype, the dtype the backend
+            accumulates its dot products (logits) and its tree sum (output)
+            in, e.g. ``{"float16": "float32", "bfloat16": "float32"}`` for a
+            backend that computes 16-bit layers in float32 and rounds the
+            results once to 16 bits. A missing key means the dtype itself. The
+            conformance suite derives its rounding bands from it.
 
     fffcore validates every call before it reaches ``cmm`` or ``fff``: the
     parameters are an :class:`fffcore.FFFParams` whose dtype and activation the
@@ -64,6 +70,7 @@ class Backend:
     activations: ClassVar[tuple[str, ...]] = ACTIVATIONS
     priority: ClassVar[int] = 0
     install: ClassVar[str] = ""
+    accumulation_dtypes: ClassVar[dict[str, str]] = {}
 
     def availability(self) -> Availability:
         """Whether the backend can run here. Must not raise; called at most once per process."""

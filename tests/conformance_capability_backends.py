@@ -8,7 +8,7 @@ suite must pass them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from fffcore.reference.plugin import ReferenceBackend
 
 
 class Float16Reference(ReferenceBackend):
-    """The reference, also declaring float16 (numpy computes it in float16)."""
+    """The reference, also declaring float16 (numpy computes it in float16; no wider accumulation is declared,
+    so the suite draws d_in up to 94 only for it)."""
 
     name = "test-reference-float16"
     dtypes = ("float16", "float32", "float64")
@@ -31,19 +32,21 @@ class TorchBfloat16(Backend):
     array_types = ("torch",)
     devices = ("cpu",)
     dtypes = ("bfloat16", "float32", "float64")
+    # what it does: the reference in float32, rounded once to bfloat16
+    accumulation_dtypes: ClassVar[dict[str, str]] = {"bfloat16": "float32"}
     priority = -100
 
     @staticmethod
     def _numpy_params(params: FFFParams) -> tuple[FFFParams, str]:
         import torch
 
-        if params.dtype != "bfloat16":
-            return params, params.dtype
+        # torch-only, so its parameters come as tensors; bfloat16 is computed in float32 (holds it exactly)
+        dtype = "float32" if params.dtype == "bfloat16" else params.dtype
         arrays = [
-            None if w is None else w.detach().cpu().to(torch.float32).numpy()
+            None if w is None else w.detach().cpu().to(getattr(torch, dtype)).numpy()
             for w in (params.w_in, params.b_in, params.w_out)
         ]
-        return FFFParams(*arrays, params.activation), "float32"
+        return FFFParams(*arrays, params.activation), dtype
 
     @staticmethod
     def _numpy_rows(x: Any, params: FFFParams, dtype: str) -> np.ndarray:

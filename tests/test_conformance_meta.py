@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("hypothesis", reason="the conformance suite needs Hypothesis: pip install 'fffcore[conformance]'")
 
+from fffcore import hookimpl
 from fffcore.conformance import checks, tolerances
 from fffcore.conformance.adapters import ADAPTERS, round_to_dtype, with_layout
 from fffcore.conformance.cases import Case, InputSpec, LayerSpec
@@ -192,3 +193,119 @@ def test_correct_backends_with_optional_dtypes_pass(name, optional):
         report = run_suite(name, max_examples=25, seed=SEED)
     assert optional in report.target.dtypes
     assert report.passed, "\n\n".join(result.message for result in report.failed)
+
+
+# --- 16-bit layers accumulated in float32: the bands must catch real bugs ------------------------------------
+
+
+def _wide_target(name: str, storage: str):
+    if storage == "bfloat16":
+        pytest.importorskip("torch")
+    return resolve_target(name, dtypes=(storage,))
+
+
+@pytest.fixture(scope="module")
+def wide_registry():
+    from tests import conformance_16bit_backends as wide
+
+    with registry_with(("wide", wide)) as current:
+        yield current
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+@pytest.mark.parametrize("bug", ["zeros", "level-skipped", "no-bias"])
+def test_broken_16bit_backend_fails_its_property(storage, bug, wide_registry):
+    from tests.conformance_16bit_backends import BUG_PROPERTIES
+
+    name = f"test-wide-{storage}-{bug}"
+    property_name = BUG_PROPERTIES[bug]
+    result = run_property(get_property(property_name), _wide_target(name, storage), max_examples=100, seed=SEED)
+    assert result.status == "fail", f"{name} passed {property_name} on {result.examples} examples"
+    assert result.message.startswith(f"{property_name}: ")
+    assert f"dtype='{storage}'" in result.message
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+@pytest.mark.parametrize("d_in", [32, 768])
+def test_all_zeros_16bit_output_fails_at_wide_layers(storage, d_in, wide_registry):
+    """The reviewer's cases: zeros passed output_along_path at d_in 32 and 768 under storage-accumulation bands."""
+    _wide_target(f"test-wide-{storage}-zeros", storage)
+    layer = LayerSpec(d_in=d_in, d_out=8, depth=3, trees=2, activation="gelu", dtype=storage, seed=5)
+    case = Case(layer, InputSpec(leading=(6,), dtype="float32", seed=9), "numpy" if storage == "float16" else "torch")
+    with pytest.raises(checks.PropertyFailure, match="output column"):
+        reproduce(f"test-wide-{storage}-zeros", "output_along_path", case)
+    reproduce(f"test-wide-{storage}", "output_along_path", case)  # the correct backend passes the same case
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_correct_16bit_backend_passes(storage, seed, wide_registry):
+    from fffcore.conformance.runner import run_suite
+
+    _wide_target(f"test-wide-{storage}", storage)
+    report = run_suite(f"test-wide-{storage}", max_examples=25, seed=seed, dtypes=(storage,))
+    assert report.target.accumulation_dtypes == {storage: "float32"}
+    assert report.passed, "\n\n".join(result.message for result in report.failed)
+
+
+def test_storage_accumulation_caps_d_in_and_says_so():
+    assert tolerances.max_checkable_d_in("bfloat16") == 9
+    assert tolerances.max_checkable_d_in("float16") == 94
+    assert tolerances.gamma(9 + 3, 2.0**-8) <= tolerances.MAX_RELATIVE_BAND < tolerances.gamma(10 + 3, 2.0**-8)
+    assert tolerances.max_checkable_d_in("float32") is None
+    assert tolerances.max_checkable_d_in("bfloat16", "float32") is None
+    from tests import conformance_capability_backends as capability
+
+    with registry_with(("capability", capability)):
+        target = resolve_target("test-reference-float16", dtypes=("float16",))
+    assert any("d_in drawn up to 94" in note for note in target.notes)
+    from hypothesis import HealthCheck, given, settings
+
+    from fffcore.conformance.strategies import layer_specs
+
+    @settings(max_examples=200, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(layer_specs(target, "float16"))
+    def drawn(layer):
+        assert layer.d_in <= 94
+
+    drawn()
+
+
+def test_wide_accumulation_bands_follow_the_derivation():
+    u16, u32 = 2.0**-8, 2.0**-24
+    band = tolerances.branch_band("bfloat16", 768, np.array(1.0), accumulation="float32")
+    backend = tolerances.compose(tolerances.gamma(769, u32), tolerances.gamma(3, u16))
+    assert band == pytest.approx(backend + tolerances.gamma(769, 2.0**-53) + 771 * 2.0**-126, rel=1e-12)
+    assert band < 0.0125  # the storage-accumulation band would be infinite at d_in 768
+    logit = tolerances.logit_tolerance("bfloat16", 768, np.array(1.0), accumulation="float32")
+    assert band < logit < band + 1.02 * u16  # the final rounding: u16 (1 + band)
+    with pytest.raises(ValueError, match="at least as precise"):
+        tolerances.logit_tolerance("float32", 4, np.array(1.0), accumulation="bfloat16")
+
+
+def test_input_unchanged_catches_a_backend_that_writes_its_parameters():
+    """numpy parameters are read-only, torch ones are not: a bfloat16 backend that scales w_out in place fails."""
+    pytest.importorskip("torch")
+    from tests.conformance_capability_backends import TorchBfloat16
+
+    class WritesWeights(TorchBfloat16):
+        name = "test-writes-weights"
+
+        def fff(self, x, params):
+            output = super().fff(x, params)
+            params.w_out.mul_(2.0)  # the bug: scales the caller's weights in place
+            return output
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_backends(register):
+            register(WritesWeights())
+
+    with registry_with(("writes", Plugin)):
+        target = resolve_target("test-writes-weights", dtypes=("bfloat16",))
+        result = run_property(get_property("input_unchanged"), target, max_examples=20, seed=SEED)
+        passing = run_property(get_property("input_unchanged"), resolve_target("reference"), max_examples=20, seed=SEED)
+    assert result.status == "fail"
+    assert "the input w_out was modified" in result.message
+    assert passing.passed, passing.message

@@ -12,10 +12,11 @@ and compile options the host plan produces. Two layers of tests:
   same source with the same options for the emulator, so argument order,
   scalar widths, the bias stand-in and shared-memory sizes are all exercised.
 
-Tolerances: a logit is a sum of d_in products plus the bias, computed in the
-params dtype in some order, so ``|logit - exact| <= gamma(d_in + 1) * sum|x_i w_i| + |b|``
-with ``gamma(n) = n u / (1 - n u)`` and ``u = eps / 2`` (Higham, Accuracy and
-Stability, section 3.1). An output element is a sum of K(D+1) terms
+Tolerances come from :mod:`fffcore.conformance.tolerances`: a logit is a sum
+of d_in products plus the bias, computed in the params dtype in some order, so
+it lies within ``logit_tolerance`` (``gamma(d_in + 3, u) * (sum|x_i w_i| + |b|)``
+plus the float64 oracle's own error) with ``gamma(n) = n u / (1 - n u)`` and
+``u = eps / 2`` (Higham, Accuracy and Stability, section 3.1). An output element is a sum of K(D+1) terms
 ``act(logit) * w``; each activation is within ``ACTIVATION_EPS = 8 eps`` of the
 exact one relative to ``|act| + |logit|`` (CUDA and glibc document erfc at most 4
 ulp and tanh and exp at most 2, plus at most three roundings in the formula;
@@ -38,6 +39,7 @@ import pytest
 
 from fffcore.backends.cupy import kernel_plan
 from fffcore.backends.cupy.plugin import CupyBackend
+from fffcore.conformance import tolerances
 from fffcore.params import FFFParams
 from fffcore.reference.activations import activate
 from fffcore.reference.oracle import evaluate_path
@@ -54,8 +56,8 @@ pytestmark = [
 
 
 def gamma(n: int, dtype: str) -> float:
-    unit = float(np.finfo(dtype).eps) / 2
-    return n * unit / (1 - n * unit)
+    """Higham's gamma(n) for ``dtype``'s unit roundoff, from the conformance suite's derivation."""
+    return tolerances.gamma(n, tolerances.UNIT_ROUNDOFF[dtype])
 
 
 # --- building and calling the emulator -------------------------------------------------------------
@@ -203,7 +205,7 @@ def assert_valid_path(logits: np.ndarray, nodes: np.ndarray) -> None:
 
 def assert_logits_within_band(x: np.ndarray, params: FFFParams, logits: np.ndarray, nodes: np.ndarray) -> None:
     exact = evaluate_path(x, params, nodes)
-    band = gamma(params.d_in + 1, params.dtype) * exact.logit_scale
+    band = tolerances.logit_tolerance(params.dtype, params.d_in, exact.logit_scale)
     error = np.abs(logits.astype(np.float64) - exact.logits)
     worst = np.unravel_index(np.argmax(error - band), error.shape)
     assert np.all(error <= band), f"logit error {error[worst]:.3g} > band {band[worst]:.3g} at {worst}"
@@ -217,7 +219,7 @@ def assert_output_within_band(params: FFFParams, logits: np.ndarray, nodes: np.n
     rows_out = np.asarray(params.w_out, dtype=np.float64)[tree, nodes]  # (B, K, L, d_out)
     expected = np.einsum("bkl,bklo->bo", activated, rows_out)
     scale = np.einsum("bkl,bklo->bo", np.abs(activated) + np.abs(wide), np.abs(rows_out))
-    eps = float(np.finfo(params.dtype).eps)
+    eps = 2 * tolerances.UNIT_ROUNDOFF[params.dtype]  # an ulp of 1
     terms = params.trees * (params.depth + 1)
     band = (ACTIVATION_EPS * eps + eps / 2 + gamma(terms, params.dtype)) * scale
     error = np.abs(y.astype(np.float64) - expected)

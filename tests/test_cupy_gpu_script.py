@@ -129,8 +129,17 @@ def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: P
     assert set(steps) == {"backends", "check_cupy", "check_cupy_float16", "check_torch_cuda"}
     assert steps["backends"]["status"] == "passed"
     if not _cupy_runs_here():
-        assert steps["check_cupy"]["status"] == "failed" and steps["check_cupy_float16"]["status"] == "failed"
+        for name in ("check_cupy", "check_cupy_float16"):
+            # failed for the right reason: `fff check cupy` ran and said why cupy cannot run here
+            assert steps[name]["status"] == "failed", steps[name]
+            assert "backend 'cupy' is unavailable" in steps[name]["log_tail"], steps[name]
         assert run.returncode == 1
+    if not _torch_cuda_runs_here():
+        assert steps["check_torch_cuda"]["status"] == "failed", steps["check_torch_cuda"]
+        assert "nothing can run on cuda here" in steps["check_torch_cuda"]["log_tail"], steps["check_torch_cuda"]
+        assert run.returncode == 1
+    else:
+        assert steps["check_torch_cuda"]["status"] == "passed", steps["check_torch_cuda"]
     assert len(report["results"]) == 4, run.stdout + run.stderr  # the benchmark ran after the failed step
     assert "results:" in run.stdout
 
@@ -139,3 +148,12 @@ def _cupy_runs_here() -> bool:
     from fffcore.backends.cupy.availability import cupy_availability
 
     return cupy_availability().available
+
+
+def _torch_cuda_runs_here() -> bool:
+    """Whether `fff check torch --device cuda` has a CUDA device to run on."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
