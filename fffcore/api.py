@@ -73,6 +73,11 @@ def _prepare(x: Any, params: FFFParams, name: str | None) -> tuple[Any, Any, tup
     kind = array_type(x)
     if kind not in backend.array_types:
         raise TypeError(f"x: backend {backend.name!r} accepts {', '.join(backend.array_types)} arrays, got {kind}")
+    if params.array_type not in backend.array_types:
+        raise TypeError(
+            f"params: backend {backend.name!r} accepts {', '.join(backend.array_types)} arrays, "
+            f"got {params.array_type} parameters"
+        )
     if params.dtype not in backend.dtypes:
         raise TypeError(f"params: backend {backend.name!r} computes in {', '.join(backend.dtypes)}, got {params.dtype}")
     if params.activation not in backend.activations:

@@ -34,8 +34,8 @@ def numpy_rows(x: Any, dtype: str) -> Any:
     """``x`` as a C-contiguous numpy array of ``dtype``, copied only when it is not one already.
 
     For numpy backends: the core hands them (B, d_in) views that may be
-    strided or of another floating dtype; the copy this makes is new memory,
-    so the caller's array is never written.
+    strided or of another floating dtype. When ``x`` already is such an array
+    it is returned itself, not a copy, so callers must only read the result.
     """
     import numpy as np
 

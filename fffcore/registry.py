@@ -28,7 +28,12 @@ from fffcore.backend import Availability, Backend
 from fffcore.spec import REQUIRED_DTYPES
 
 #: Modules of the built-in backend plugins, registered before any entry point.
-BUILTIN_PLUGINS: tuple[str, ...] = ("fffcore.reference.plugin",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "fffcore.reference.plugin",
+    "fffcore.backends.numba.plugin",
+    "fffcore.backends.torch.plugin",
+    "fffcore.backends.cupy.plugin",
+)
 
 LOAD_PLUGINS_VARIABLE = "FFFCORE_LOAD_PLUGINS"
 
@@ -90,7 +95,7 @@ class Registry:
                     if not isinstance(cached, Availability):
                         raise TypeError(f"availability() returned {type(cached).__name__}, not Availability")
                 except Exception as error:  # a broken check must not break listing
-                    cached = Availability(False, f"availability check raised {_one_line(error)}", backend.install)
+                    cached = Availability(False, f"availability check raised {one_line(error)}", backend.install)
                 self._availability[name] = cached
         return cached
 
@@ -233,9 +238,10 @@ def _guarded(result: Registry, plugin_name: str, action: Any) -> None:
     try:
         action()
     except Exception as error:  # one broken plugin must never break the others
-        result.broken.append(BrokenPlugin(plugin_name, _one_line(error)))
+        result.broken.append(BrokenPlugin(plugin_name, one_line(error)))
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """``"TypeName: first line of the message"``: how load errors and failed checks are reported."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -69,13 +69,14 @@ def _choose_automatically(kind: str) -> Backend:
     current = registry()
     candidates = [
         backend
-        for name, backend in current.backends.items()
-        if kind in backend.array_types
-        and (kind != "numpy" or "cpu" in backend.devices)
-        and current.availability(name).available
+        for backend in current.backends.values()
+        if kind in backend.array_types and (kind != "numpy" or "cpu" in backend.devices)
     ]
-    if not candidates:
-        accepting = sorted(n for n, b in current.backends.items() if kind in b.array_types)
-        hint = f"; backends for {kind} arrays: {', '.join(accepting)} (see `fff backends`)" if accepting else ""
-        raise TypeError(f"x: no available backend accepts {kind} arrays{hint}")
-    return max(candidates, key=lambda backend: backend.priority)
+    # Highest priority first, and availability asked only until one answers yes: an availability
+    # check may import its library (seconds for torch), which a faster backend makes unnecessary.
+    for backend in sorted(candidates, key=lambda backend: -backend.priority):
+        if current.availability(backend.name).available:
+            return backend
+    accepting = sorted(backend.name for backend in candidates)
+    hint = f"; backends for {kind} arrays: {', '.join(accepting)} (see `fff backends`)" if accepting else ""
+    raise TypeError(f"x: no available backend accepts {kind} arrays{hint}")

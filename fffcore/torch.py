@@ -22,6 +22,7 @@ except ImportError as error:  # pragma: no cover - exercised only where torch is
     ) from error
 
 from fffcore.api import fff
+from fffcore.backends.torch.prepared import torch_dtype
 from fffcore.params import FFFParams
 from fffcore.selection import select_backend
 from fffcore.spec import dtype_name
@@ -136,7 +137,11 @@ class FFFInference(torch.nn.Module):
                 return fff(x, self.params(), backend=chosen.name)
             if "numpy" in chosen.array_types:
                 # A numpy-only backend (reference, numba): through the host, and back to x's device.
-                y = fff(x.detach().cpu().numpy(), self.numpy_params(), backend=chosen.name)
+                # x goes over in the weights' dtype, the dtype of the computation anyway (and numpy
+                # has no bfloat16, which x may be).
+                params = self.numpy_params()  # first: it explains why bfloat16 weights cannot go
+                rows = x.detach().to(device="cpu", dtype=self.w_in.dtype).numpy()
+                y = fff(rows, params, backend=chosen.name)
                 return torch.from_numpy(y).to(x.device)
             raise TypeError(
                 f"backend: {chosen.name!r} accepts {', '.join(chosen.array_types)} arrays, neither torch nor numpy"
@@ -153,10 +158,14 @@ class FFFInference(torch.nn.Module):
 
 
 def _torch_dtype(dtype: Any) -> Any:
+    """A floating torch dtype from a torch dtype, a numpy dtype or a canonical name."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    name = dtype_name(dtype) if not isinstance(dtype, str) else dtype
-    found = getattr(torch, name, None)
-    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        found = dtype
+    else:
+        try:
+            found = torch_dtype(dtype if isinstance(dtype, str) else dtype_name(dtype))
+        except TypeError:
+            found = None
+    if found is None or not found.is_floating_point:
         raise TypeError(f"dtype: expected a floating dtype (torch.float32, 'float64', ...), got {dtype!r}")
     return found

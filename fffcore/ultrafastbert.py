@@ -120,13 +120,16 @@ def load_state_dict(path: str | PathLike[str]) -> dict[str, Any]:
 def _tree_shape(total: int, depth: int | None, trees: int | None, prefix: str) -> tuple[int, int]:
     """(K, N) with K * N == total, from whichever of depth and trees was given."""
     where = f"{prefix}{IN_WEIGHT}"
+    for name, value, low in (("depth", depth, 0), ("trees", trees, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}: expected an int >= {low} or None, got {value!r}")
     if depth is not None:
         n_nodes = node_count(depth)
         if total % n_nodes or (trees is not None and trees * n_nodes != total):
             raise ValueError(f"{where}: {total} rows do not make {trees or 'whole'} trees of depth {depth}")
         return total // n_nodes, n_nodes
     if trees is not None:
-        if trees < 1 or total % trees or depth_from_node_count(total // trees) is None:
+        if total % trees or depth_from_node_count(total // trees) is None:
             raise ValueError(f"{where}: {total} rows do not split into {trees} trees of 2**(depth+1)-1 nodes")
         return trees, total // trees
     if depth_from_node_count(total) is None:
@@ -150,7 +153,7 @@ def _numpy(value: Any, key: str, dtype: str | None) -> np.ndarray:
     """A torch tensor or array-like as a numpy array (a copy), optionally converted to ``dtype``."""
     if type(value).__module__.startswith("torch"):
         value = value.detach().cpu()
-        if dtype is not None or str(value.dtype) == "torch.bfloat16":
+        if _is_bfloat16(value):  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
             if dtype is None:
                 raise TypeError(f"{key}: bfloat16 has no numpy dtype; pass dtype='float32'")
             value = value.float()
@@ -159,3 +162,72 @@ def _numpy(value: Any, key: str, dtype: str | None) -> np.ndarray:
     if dtype is not None:
         array = array.astype(dtype)
     return array
+
+
+def is_ultrafastbert_fff(module: Any) -> bool:
+    """Whether a torch module has UltraFastBERT's FFF layout (duck-typed; the original project is never imported).
+
+    That is: ``linear_in`` and ``linear_out`` submodules with 2-D ``weight`` tensors, where
+    ``linear_in`` maps d_in to some K*N and ``linear_out`` maps K*N to d_out without a bias.
+    """
+    linear_in = getattr(module, "linear_in", None)
+    linear_out = getattr(module, "linear_out", None)
+    w_in = getattr(linear_in, "weight", None)
+    w_out = getattr(linear_out, "weight", None)
+    if w_in is None or w_out is None or getattr(linear_out, "bias", None) is not None:
+        return False
+    if len(getattr(w_in, "shape", ())) != 2 or len(getattr(w_out, "shape", ())) != 2:
+        return False
+    return w_out.shape[1] == w_in.shape[0]
+
+
+def params_from_module(module: Any, *, activation: str = DEFAULT_ACTIVATION, dtype: str | None = None) -> FFFParams:
+    """numpy ``FFFParams`` from a module with UltraFastBERT's layout; its ``depth`` and ``parallel_size``
+    attributes, where present, fix the tree shape."""
+    if not is_ultrafastbert_fff(module):
+        raise TypeError(
+            f"module: expected UltraFastBERT's FFF layout (linear_in, linear_out), got {type(module).__name__}"
+        )
+    state = {IN_WEIGHT: module.linear_in.weight, OUT_WEIGHT: module.linear_out.weight}
+    if getattr(module.linear_in, "bias", None) is not None:
+        state[IN_BIAS] = module.linear_in.bias
+    depth = getattr(module, "depth", None)
+    trees = getattr(module, "parallel_size", None)
+    return params_from_state_dict(
+        state,
+        depth=depth if isinstance(depth, int) else None,
+        trees=trees if isinstance(trees, int) else None,
+        activation=activation,
+        dtype=dtype,
+    )
+
+
+def swap_fff_modules(model: Any, backend: str | None = None, *, activation: str = DEFAULT_ACTIVATION) -> list[str]:
+    """Replace every UltraFastBERT-layout FFF module inside ``model`` with :class:`fffcore.torch.FFFInference`.
+
+    Each replacement computes only the visited neurons on ``backend`` (None: chosen per call, see
+    :mod:`fffcore.selection`), keeps the original module's device and dtype, and accepts the same
+    (..., d_in) inputs. Replacements are for inference: their weights are buffers, not parameters.
+
+    Returns:
+        The qualified names (as in ``model.named_modules()``) of the modules replaced, in order.
+    """
+    from fffcore.torch import FFFInference
+
+    if is_ultrafastbert_fff(model):
+        raise ValueError("model: is itself an FFF module; wrap it in a parent module, or build FFFInference directly")
+    found = [(name, module) for name, module in model.named_modules() if name and is_ultrafastbert_fff(module)]
+    swapped = []
+    for name, module in found:
+        weight = module.linear_in.weight
+        params = params_from_module(module, activation=activation, dtype="float32" if _is_bfloat16(weight) else None)
+        replacement = FFFInference(params, backend=backend, device=weight.device, dtype=weight.dtype)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, replacement)
+        swapped.append(name)
+    return swapped
+
+
+def _is_bfloat16(tensor: Any) -> bool:
+    return str(getattr(tensor, "dtype", "")) == "torch.bfloat16"

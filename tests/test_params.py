@@ -135,3 +135,10 @@ def test_backend_capabilities_are_checked_before_dispatch():
     half = FFFParams.random(4, 3, 1, seed=0, dtype=np.float16)
     with pytest.raises(TypeError, match=r"params: backend 'reference' computes in float32, float64, got float16"):
         fffcore.fff(np.ones((1, 4), np.float16), half, backend="reference")
+
+
+def test_parameters_of_an_array_type_the_backend_does_not_take():
+    torch = pytest.importorskip("torch")
+    params = FFFParams(torch.ones(1, 3, 4), None, torch.ones(1, 3, 2))
+    with pytest.raises(TypeError, match=r"params: backend 'reference' accepts numpy arrays, got torch parameters"):
+        fffcore.fff(np.ones((1, 4), np.float32), params, backend="reference")

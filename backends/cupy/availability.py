@@ -21,6 +21,7 @@ from typing import Any
 
 from fffcore.backend import AVAILABLE, Availability
 from fffcore.backends.cupy.kernel_plan import MIN_COMPUTE_CAPABILITY, check_compute_capability
+from fffcore.registry import one_line
 
 INSTALL = "pip install 'fffcore[cupy]' (or cupy-cuda13x for CUDA 13 drivers)"
 DRIVER_FIX = "run on a machine with an NVIDIA GPU and a driver new enough for cupy's CUDA version (see nvidia-smi)"
@@ -77,9 +78,3 @@ def compute_capability(cupy: Any, device_id: int) -> tuple[int, int]:
     """(major, minor) of a device; cupy reports it as a string such as ``"90"``."""
     text = str(cupy.cuda.Device(device_id).compute_capability)
     return int(text[:-1]), int(text[-1])
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message``, for reasons shown in one row of ``fff backends``."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

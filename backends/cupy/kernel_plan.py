@@ -55,6 +55,8 @@ MAX_LEVELS = THREADS_PER_WARP
 MAX_DEPTH = 30
 #: Compute capability the kernels are written and compile-tested for: warp-synchronous
 #: code with ``__syncwarp`` and ``*_sync`` shuffles under independent thread scheduling (Volta on).
+#: The compile test covers sm_75 and sm_90 only: CUDA 13's nvcc has dropped sm_70, which the
+#: CUDA 12 NVRTC that cupy-cuda12x ships still builds.
 MIN_COMPUTE_CAPABILITY = (7, 0)
 
 #: Activation codes, the ``FFF_ACTIVATION`` macro of the kernel source.

@@ -27,6 +27,8 @@ def compute_rows(x: Any, dtype: str) -> Any:
 
     if isinstance(x, torch.Tensor):
         return x.to(dtype=torch_dtype(dtype))
+    if dtype == "bfloat16":  # the result would have to come back as numpy, which has no bfloat16
+        raise TypeError("x: numpy arrays cannot carry bfloat16 results; pass a torch tensor for bfloat16 parameters")
     rows = np.ascontiguousarray(x, dtype=dtype)
     if not rows.flags.writeable:
         # torch.from_numpy warns on read-only memory (torch has no read-only tensors); we

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, ClassVar
 
 from fffcore.backend import AVAILABLE, Availability, Backend
 from fffcore.hookspecs import hookimpl
 from fffcore.params import FFFParams
+from fffcore.registry import one_line
 
 INSTALL = "pip install 'fffcore[torch]'"
 
@@ -26,18 +27,26 @@ class TorchBackend(Backend):
     devices = ("cpu", "cuda")
     # float16 and bfloat16 pass `fff check torch` (their CPU matrix products run in float32, see kernels._matmul).
     dtypes = ("float16", "bfloat16", "float32", "float64")
+    # Dot products and the output sum run in float32 for 16-bit storage (kernels._matmul, embedding_bag).
+    accumulation_dtypes: ClassVar[dict[str, str]] = {"float16": "float32", "bfloat16": "float32"}
     priority = 50
     install = INSTALL
 
     def availability(self) -> Availability:
-        # find_spec looks for torch without importing it (importing costs seconds). It raises
+        # find_spec tells "not installed" apart from "broken" without importing. It raises
         # ValueError when torch is in sys.modules as None, the usual way to block an import.
+        # Importing costs a second or two, paid once: the registry caches the answer, and automatic
+        # selection asks only when no faster backend is available.
         try:
             found = importlib.util.find_spec("torch") is not None
         except (ImportError, ValueError):
             found = False
         if not found:
             return Availability(False, "torch is not installed", INSTALL)
+        try:  # a broken install (missing shared library, ABI mismatch) must not surface at the first call
+            import torch  # noqa: F401
+        except Exception as error:
+            return Availability(False, f"torch is installed but fails to import: {one_line(error)}", INSTALL)
         return AVAILABLE
 
     def version(self) -> str:

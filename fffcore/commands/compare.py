@@ -1,0 +1,235 @@
+"""``fff compare``: time backends and baselines side by side, check them, print the paper-style table.
+
+The machinery lives in :mod:`fffcore.benchmarks`; this module parses
+arguments, pins threads, shows progress and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from typing import Any, TextIO
+
+#: Batch sizes of the default run at the paper's setting: the paper's own. The
+#: whole default run (built-in CPU backends, dense and paper baselines) takes
+#: about a minute on 2 quiet cores (63 s measured on the development machine).
+DEFAULT_BATCHES = "1,128,4096,16384"
+DEFAULT_SHAPES = "paper"
+BASELINES = ("dense", "paper")
+
+
+def add_parser(subparsers: Any) -> None:
+    from fffcore.benchmarks.cases import FAMILIES, SWEEP_BATCH
+    from fffcore.benchmarks.comparison import REFERENCE_ROWS
+    from fffcore.benchmarks.timing import BUDGET_SECONDS, REPEATS
+
+    parser = subparsers.add_parser(
+        "compare",
+        help="time backends and dense baselines side by side and print a speedup table",
+        description=(
+            "Time fffcore backends, dense feedforward layers and the paper's PyTorch FFF on the same inputs, "
+            "check every FFF output against the float64 oracle, and print time per call, rows/s and speedups "
+            "(over the best dense layer, over the reference) beside the theoretical limit."
+        ),
+    )
+    parser.add_argument(
+        "--backends",
+        default="builtin",
+        help="comma-separated backend names, 'builtin' (the built-in CPU backends, the default), 'all' "
+        "(every registered backend) or 'none'",
+    )
+    parser.add_argument(
+        "--baselines", default=",".join(BASELINES), help="comma-separated from 'dense', 'paper', or 'none'"
+    )
+    parser.add_argument(
+        "--shapes",
+        default=DEFAULT_SHAPES,
+        help=f"comma-separated shape families from {', '.join(FAMILIES)} (default {DEFAULT_SHAPES}; --plot adds depth)",
+    )
+    parser.add_argument(
+        "--batches", default=DEFAULT_BATCHES, help=f"batch sizes of the 'paper' shapes (default {DEFAULT_BATCHES})"
+    )
+    parser.add_argument("--sweep-batch", type=int, default=SWEEP_BATCH, help="batch size of the depth and trees sweeps")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="parameter and input dtype")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every pool (default: available cores)")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed samples per case")
+    parser.add_argument("--budget", type=float, default=BUDGET_SECONDS, help="seconds of sampling per case at most")
+    parser.add_argument(
+        "--reference-rows", type=int, default=REFERENCE_ROWS, help="most rows the slow reference is timed on"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write machine-readable results here")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of time against depth here (runs the depth sweep)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from fffcore.benchmarks import cases as case_table
+    from fffcore.benchmarks.comparison import run_comparison
+    from fffcore.benchmarks.machine import (
+        available_cores,
+        describe_machine,
+        load_average,
+        pin_threads,
+        thread_settings,
+    )
+    from fffcore.benchmarks.report import format_table, legend, results_to_json, write_json
+
+    try:
+        for option, value in (
+            ("--threads", arguments.threads),
+            ("--repeats", arguments.repeats),
+            ("--reference-rows", arguments.reference_rows),
+            ("--sweep-batch", arguments.sweep_batch),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{option}: expected a positive integer, got {value}")
+        if arguments.budget < 0:
+            raise ValueError(f"--budget: expected seconds >= 0, got {arguments.budget}")
+        batches = _positive_ints(arguments.batches, "--batches")
+        families = _names(arguments.shapes)
+        if arguments.plot and "depth" not in families:
+            families.append("depth")
+            print("--plot: adding the depth sweep (shapes 'depth') to the run", file=sys.stderr)
+        shapes = case_table.shapes_for(
+            families, batches=batches, sweep_batch=arguments.sweep_batch, dtype=arguments.dtype
+        )
+        backends = _backends(arguments.backends)
+        baselines = _baselines(arguments.baselines)
+    except ValueError as error:
+        print(f"fff compare: {error}", file=sys.stderr)
+        return 2
+    if arguments.plot and importlib.util.find_spec("matplotlib") is None:
+        print("fff compare: --plot needs matplotlib; fix: pip install 'fffcore[bench]'", file=sys.stderr)
+        return 2
+    threads = arguments.threads or available_cores()
+    pin_threads(threads)
+
+    cases = case_table.cases_for(shapes, backends)
+    cases = [c for c in cases if c.implementation.startswith("fff:") or c.implementation.split(":")[0] in baselines]
+    row_caps = {"fff:reference": arguments.reference_rows}
+    progress = None if arguments.quiet else ProgressBar(sys.stderr)
+    load_before = load_average()
+    started = time.perf_counter()
+    results = run_comparison(
+        cases, row_caps=row_caps, repeats=arguments.repeats, budget=arguments.budget, progress=progress
+    )
+    elapsed = time.perf_counter() - started
+    in_force = thread_settings()  # after the run: torch and numba report once they have been imported
+    load_after = load_average()
+
+    print(format_table(results))
+    print()
+    print(legend(in_force))
+    print(f"{len(cases)} cases in {elapsed:.0f} s")
+    if load_before is not None and load_after is not None:
+        busy = max(load_before[0], load_after[0]) > available_cores()
+        note = (
+            "; other processes competed for the cores, so absolute times are inflated: read the ratios" if busy else ""
+        )
+        loads = f"{load_before[0]:.1f}/{load_after[0]:.1f}"
+        print(f"load average (1 min) before/after: {loads} on {available_cores()} cores{note}")
+    if arguments.json:
+        settings = {
+            "arguments": {k: v for k, v in vars(arguments).items() if k not in ("func", "command")},
+            "threads": threads,
+            "repeats": arguments.repeats,
+            "budget_s": arguments.budget,
+            "row_caps": row_caps,
+            "elapsed_s": elapsed,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        }
+        write_json(arguments.json, results_to_json(results, describe_machine(in_force), settings))
+        print(f"wrote {arguments.json}")
+    if arguments.plot:
+        from fffcore.benchmarks.plot import plot_depth
+
+        try:
+            plot_depth(results, arguments.plot, title_note=f"threads: {threads}; {_cpu_note()}")
+        except ValueError as error:
+            print(f"fff compare: no plot: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {arguments.plot}")
+    wrong = [r for r in results if r.status in ("WRONG", "failed")]
+    return 1 if wrong else 0
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; elsewhere a line per tenth of the work (logs stay readable)."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.started = time.perf_counter()
+        self.interactive = stream.isatty()
+        self.last_decile = -1
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        filled = self.WIDTH * done // max(total, 1)
+        elapsed = time.perf_counter() - self.started
+        line = (
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}% {elapsed:4.0f}s {label}"
+        )
+        decile = 10 * done // max(total, 1)
+        if not self.interactive and decile == self.last_decile and done != total:
+            return  # in a log, a line per tenth of the work is enough
+        self.last_decile = decile
+        if self.interactive:
+            self.stream.write("\r\033[K" + line[:200] + ("\n" if done == total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in _names(text)]
+    except ValueError as error:
+        raise ValueError(f"{option}: expected comma-separated positive integers, got {text!r}") from error
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{option}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _backends(text: str) -> list[str]:
+    """Backend names from ``--backends``; 'builtin' keeps the built-in CPU backends, available or not."""
+    from fffcore import list_backends
+    from fffcore.registry import BUILTIN_PLUGINS
+
+    infos = [info for info in list_backends() if not info.broken]
+    names = _names(text)
+    if names == ["builtin"]:
+        return [i.name for i in infos if i.plugin in BUILTIN_PLUGINS and "cpu" in i.devices]
+    if names == ["all"]:
+        return [i.name for i in infos]
+    if names == ["none"]:
+        return []
+    known = {i.name for i in infos}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--backends: unknown {unknown}; registered: {', '.join(sorted(known))}")
+    return names
+
+
+def _baselines(text: str) -> list[str]:
+    names = _names(text)
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"--baselines: expected names from {BASELINES} or 'none', got {unknown}")
+    return names
+
+
+def _cpu_note() -> str:
+    from fffcore.benchmarks.machine import cpu_model
+
+    return cpu_model()
