@@ -83,6 +83,24 @@ def test_no_bias_and_dtype_conversion():
     params = params_from_state_dict(sd, dtype="float64")
     assert params.b_in is None
     assert params.dtype == "float64"
+    np.testing.assert_array_equal(params.w_in[0], sd["linear_in.weight"])
+
+
+def test_float64_tensors_keep_their_precision():
+    torch = pytest.importorskip("torch")
+    sd = {k: torch.from_numpy(v.astype(np.float64) / 3) for k, v in _state_dict(1, 1, 4, 2).items()}
+    for dtype in (None, "float64"):
+        params = params_from_state_dict(sd, dtype=dtype)
+        np.testing.assert_array_equal(params.w_in[0], sd["linear_in.weight"].numpy())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [({"depth": -1}, r"depth: expected an int >= 0"), ({"trees": 0}, r"trees: expected an int >= 1")],
+)
+def test_invalid_tree_shape_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        params_from_state_dict(_state_dict(1, 1, 4, 2), **kwargs)
 
 
 def test_round_trip_through_the_layout():

@@ -1,0 +1,213 @@
+"""Running a set of cases: time each, check each timed output, derive the speedups.
+
+This is the machinery behind ``fff compare``; the command only parses
+arguments, pins threads and prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fffcore.benchmarks.cases import Case, Shape
+from fffcore.benchmarks.check import CheckResult, check_fff_output
+from fffcore.benchmarks.implementations import Prepared, Unavailable, prepare
+from fffcore.benchmarks.timing import BUDGET_SECONDS, REPEATS, Timing, time_call
+from fffcore.benchmarks.transfer import to_numpy
+from fffcore.registry import registry
+
+#: The reference evaluates erf through Python's math.erfc element by element and
+#: gathers weights with fancy indexing: tens of microseconds a row. It is timed
+#: on at most this many rows of each batch and compared per row.
+REFERENCE_ROWS = 1024
+DEFAULT_ROW_CAPS: dict[str, int] = {"fff:reference": REFERENCE_ROWS}
+
+OK, WRONG, SKIPPED, FAILED = "ok", "WRONG", "skipped", "failed"
+
+
+@dataclass
+class Result:
+    """One case's outcome.
+
+    Attributes:
+        case: the shape and implementation.
+        kind: ``"fff"``, ``"dense"`` or ``"paper"`` (empty when skipped before preparing).
+        status: ``ok``; ``WRONG`` (the output failed the check: no time is reported);
+            ``skipped`` (cannot run here); ``failed`` (raised while running).
+        reason: why it was skipped, failed or wrong; for ``ok``, what the check found.
+        rows: rows per timed call (fewer than the batch when capped).
+        where: array library and device of the input.
+        version: version of the library behind it.
+        timing: the measurement (None unless it ran).
+        check: the correctness check (None for dense layers, which compute another function).
+    """
+
+    case: Case
+    kind: str
+    status: str
+    reason: str
+    rows: int = 0
+    where: str = ""
+    version: str = ""
+    timing: Timing | None = None
+    check: CheckResult | None = None
+
+    @property
+    def timed(self) -> bool:
+        """Whether the result has a time worth reporting (it ran and was not wrong)."""
+        return self.status == OK and self.timing is not None
+
+    @property
+    def seconds_per_row(self) -> float:
+        assert self.timing is not None
+        return self.timing.median / self.rows
+
+    @property
+    def rows_per_second(self) -> float:
+        return 1.0 / self.seconds_per_row
+
+
+#: ``progress(done, total, label)``: units done of the total (one per warm-up and per sample), and what runs now.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def run_comparison(
+    cases: Sequence[Case],
+    *,
+    row_caps: Mapping[str, int] | None = None,
+    repeats: int = REPEATS,
+    budget: float = BUDGET_SECONDS,
+    progress: ProgressCallback | None = None,
+) -> list[Result]:
+    """Time and check every case, one after the other; the results come in the order of ``cases``.
+
+    Args:
+        cases: what to run.
+        row_caps: implementation id -> most rows to time it on (default :data:`DEFAULT_ROW_CAPS`).
+        repeats: samples per case (fewer when ``budget`` runs out, never under 3).
+        budget: seconds of sampling per case.
+        progress: called as work advances, for a progress bar.
+    """
+    caps = DEFAULT_ROW_CAPS if row_caps is None else row_caps
+    units_per_case = 1 + repeats  # a warm-up and up to ``repeats`` samples
+    total = units_per_case * len(cases)
+    results = []
+    for index, case in enumerate(cases):
+        done = units_per_case * index
+
+        def advance(case: Case = case) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(min(done, total), total, case.id)
+
+        if progress is not None:
+            progress(done, total, case.id)
+        results.append(
+            run_case(case, rows=caps.get(case.implementation), repeats=repeats, budget=budget, after_each=advance)
+        )
+    if progress is not None and cases:
+        progress(total, total, "done")
+    return results
+
+
+def run_case(
+    case: Case,
+    *,
+    rows: int | None = None,
+    repeats: int = REPEATS,
+    budget: float = BUDGET_SECONDS,
+    after_each: Callable[[], None] | None = None,
+) -> Result:
+    """Prepare, time and check one case; never raises for an implementation's fault."""
+    prepared = _prepare(case, rows)
+    if isinstance(prepared, Result):
+        return prepared
+    try:
+        timing: Timing | Exception = time_call(prepared.call, repeats=repeats, budget=budget, after_each=after_each)
+    except Exception as error:  # a broken implementation must not end the whole comparison
+        timing = error
+    return _checked(prepared, timing)
+
+
+def _prepare(case: Case, rows: int | None) -> Prepared | Result:
+    try:
+        return prepare(case, rows)
+    except Unavailable as why:
+        return Result(case, "", SKIPPED, str(why))
+    except Exception as error:  # a broken implementation must not end the whole comparison
+        return Result(case, "", FAILED, f"preparing raised {_one_line(error)}")
+
+
+def _checked(prepared: Prepared, timing: Timing | Exception) -> Result:
+    """The result of a timed implementation: failed, WRONG or ok, after checking its last timed output."""
+    case = prepared.case
+    base = {"kind": prepared.kind, "rows": prepared.rows, "where": prepared.where, "version": prepared.version}
+    if isinstance(timing, Exception):
+        return Result(case, status=FAILED, reason=f"calling raised {_one_line(timing)}", **base)
+    try:
+        check = check_prepared(prepared, timing.output)
+    except Exception as error:
+        return Result(case, status=FAILED, reason=f"checking raised {_one_line(error)}", timing=timing, **base)
+    timing.output = None  # the check is done; do not keep large outputs alive
+    if check is not None and not check.ok:
+        return Result(case, status=WRONG, reason=check.detail, timing=timing, check=check, **base)
+    reason = check.detail if check is not None else "dense baseline (another function): output shape and finiteness"
+    return Result(case, status=OK, reason=reason, timing=timing, check=check, **base)
+
+
+def check_prepared(prepared: Prepared, output: Any) -> CheckResult | None:
+    """Check a timed output: FFF implementations against the float64 oracle, dense layers for shape and finiteness."""
+    y = to_numpy(output)
+    if prepared.params is None:
+        expected = (prepared.rows, prepared.case.shape.d_out)
+        if tuple(y.shape) != expected or not np.all(np.isfinite(y)):
+            return CheckResult(False, f"dense output of shape {tuple(y.shape)} (expected {expected}) or not finite", 0)
+        return None
+    nodes = prepared.path() if prepared.path is not None else None
+    accumulation = None
+    if prepared.kind == "fff":  # a backend may declare a wider accumulation for 16-bit storage
+        backend = registry().get(prepared.case.implementation.split(":", 1)[1])
+        accumulation = backend.accumulation_dtypes.get(prepared.params.dtype)
+    return check_fff_output(prepared.x, prepared.params, y, nodes, accumulation=accumulation)
+
+
+def best_dense(results: Sequence[Result], shape: Shape, hidden: int) -> Result | None:
+    """The fastest (per row) timed dense layer of ``hidden`` neurons at ``shape``."""
+    dense = [
+        r
+        for r in results
+        if r.case.shape == shape and r.kind == "dense" and r.timed and r.case.implementation.endswith(f":{hidden}")
+    ]
+    return min(dense, key=lambda r: r.seconds_per_row, default=None)
+
+
+def reference_result(results: Sequence[Result], shape: Shape) -> Result | None:
+    return next(
+        (r for r in results if r.case.shape == shape and r.case.implementation == "fff:reference" and r.timed), None
+    )
+
+
+def speedups(results: Sequence[Result], result: Result) -> dict[str, float | None]:
+    """Per-row speedups of ``result``: over the best dense layer of each hidden width, and over the reference."""
+    shape = result.case.shape
+    out: dict[str, float | None] = {}
+    for hidden in shape.dense_hidden:
+        dense = best_dense(results, shape, hidden)
+        out[f"dense{hidden}"] = dense.seconds_per_row / result.seconds_per_row if dense and result.timed else None
+    reference = reference_result(results, shape)
+    out["reference"] = reference.seconds_per_row / result.seconds_per_row if reference and result.timed else None
+    return out
+
+
+def shapes_of(results: Sequence[Result]) -> list[Shape]:
+    """The shapes of ``results``, each once, in order."""
+    return list(dict.fromkeys(r.case.shape for r in results))
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

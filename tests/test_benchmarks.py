@@ -1,0 +1,325 @@
+"""The benchmark machinery: the case table, the output check, timing, ``fff compare``, and the suite's smoke run.
+
+The pytest-benchmark suite itself lives in ``benchmarks/`` and never runs
+here; these tests only check that it collects and that a tiny case runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fffcore.benchmarks import cases as case_table
+from fffcore.benchmarks.check import check_fff_output
+from fffcore.benchmarks.comparison import OK, WRONG, run_comparison
+from fffcore.benchmarks.report import format_seconds, format_speedup, format_table, three_digits
+from fffcore.benchmarks.timing import time_call
+from fffcore.cli import main
+from fffcore.params import FFFParams
+from fffcore.reference.oracle import evaluate_path, oracle_cmm
+
+from .conftest import FakeBackend, plugin_with
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ScaledBackend(FakeBackend):
+    """Right path, output 1% too large: fast and wrong, and must be reported so."""
+
+    def fff(self, x, params):
+        return super().fff(x, params) * np.float32(1.01)
+
+
+def _fast(cases):
+    return run_comparison(cases, repeats=2, budget=0.05)
+
+
+# -- the case table ---------------------------------------------------------------------------------------------
+
+
+def test_paper_setting_limits_match_the_paper():
+    shape = case_table.paper_shapes([128])[0]
+    assert (shape.d_in, shape.d_out, shape.depth, shape.trees) == (768, 768, 11, 1)
+    assert shape.visited == 12 and shape.neurons == 4095
+    assert shape.limit(3072) == 256
+    assert shape.limit(4095) == pytest.approx(341.25)
+
+
+def test_trees_family_is_ultrafastbert_k_by_d():
+    shapes = case_table.trees_shapes()
+    pairs = [(s.trees, s.depth) for s in shapes]
+    assert pairs == list(case_table.TREES_BY_DEPTH)
+    assert pairs[0] == (3072, 0) and pairs[-1] == (1, 11)
+    assert all(3072 <= s.neurons <= 4608 for s in shapes)
+
+
+def test_cases_cover_every_backend_and_baseline_once():
+    shapes = case_table.shapes_for(["paper"], batches=[1, 4096])
+    cases = case_table.cases_for(shapes)
+    ids = [case.id for case in cases]
+    assert len(ids) == len(set(ids))
+    for name in case_table.backend_names():
+        assert f"paper/d768-D11-K1-B4096-float32/fff:{name}" in ids
+    for implementation in ("dense:numpy:3072", "dense:torch:4095", "paper:torch"):
+        assert f"paper/d768-D11-K1-B1-float32/{implementation}" in ids
+
+
+def test_unknown_shape_family_is_rejected():
+    with pytest.raises(ValueError, match="unknown"):
+        case_table.shapes_for(["papr"])
+
+
+def test_select_implementations_by_prefix():
+    cases = case_table.cases_for(case_table.tiny_shapes(), ["reference"])
+    kept = case_table.select_implementations(cases, ["fff", "dense:numpy"])
+    assert sorted(c.implementation for c in kept) == ["dense:numpy:30", "fff:reference"]
+
+
+# -- the check --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_layer():
+    params = FFFParams.random(d_in=12, d_out=5, depth=3, trees=2, seed=3)
+    x = np.random.default_rng(4).standard_normal((40, 12)).astype(np.float32)
+    return params, x
+
+
+def test_check_accepts_the_reference(small_layer):
+    params, x = small_layer
+    from fffcore import cmm, fff
+
+    result = check_fff_output(x, params, fff(x, params, backend="reference"), cmm(x, params, backend="reference").nodes)
+    assert result.ok, result.detail
+    assert result.rows_checked == 40 and 0 < result.worst <= 1
+
+
+def test_check_rejects_a_scaled_output(small_layer):
+    params, x = small_layer
+    from fffcore import cmm, fff
+
+    nodes = cmm(x, params, backend="reference").nodes
+    result = check_fff_output(x, params, fff(x, params, backend="reference") * np.float32(1.001), nodes)
+    assert not result.ok
+    assert "float64 oracle" in result.detail
+
+
+def test_check_rejects_a_branch_outside_the_band(small_layer):
+    params, x = small_layer
+    _, nodes = oracle_cmm(x, params)
+    flipped = nodes.copy()
+    # Row 0, tree 0: take the other child at the root and then always the left child.
+    flipped[0, 0, 1] = 3 - nodes[0, 0, 1]
+    for level in range(2, params.depth + 1):
+        flipped[0, 0, level] = 2 * flipped[0, 0, level - 1] + 1
+    output = evaluate_path(x, params, flipped).output.astype(np.float32)
+    result = check_fff_output(x, params, output, flipped)
+    assert not result.ok
+    assert "row 0 tree 0 level 0" in result.detail
+
+
+def test_check_rejects_a_path_that_skips_a_level(small_layer):
+    params, x = small_layer
+    _, nodes = oracle_cmm(x, params)
+    nodes[5, 1, 2] = 0
+    result = check_fff_output(x, params, np.zeros((40, 5), np.float32), nodes)
+    assert not result.ok and "row 5 tree 1" in result.detail
+
+
+def test_check_allows_either_branch_at_a_near_tie():
+    w_in = np.zeros((1, 3, 2), np.float32)
+    w_in[0, 0] = [1.0, -1.0]  # root logit of x = (1, 1) is exactly 0: a tie, inside the band
+    w_in[0, 1:] = [[0.5, 0.25], [-0.5, 0.75]]
+    params = FFFParams(w_in, np.zeros((1, 3), np.float32), np.ones((1, 3, 2), np.float32))
+    x = np.ones((1, 2), np.float32)
+    right = np.array([[[0, 2]]])  # the spec sends the tie left; right is within rounding of it
+    output = evaluate_path(x, params, right).output.astype(np.float32)
+    result = check_fff_output(x, params, output, right)
+    assert result.ok, result.detail
+    assert result.near_ties == 1
+
+
+def test_check_without_a_path_leaves_out_rows_with_a_near_tie():
+    w_in = np.zeros((1, 3, 2), np.float32)
+    w_in[0, 0] = [1.0, -1.0]
+    w_in[0, 1:] = [[0.5, 0.25], [-0.5, 0.75]]
+    params = FFFParams(w_in, np.zeros((1, 3), np.float32), np.ones((1, 3, 2), np.float32))
+    x = np.array([[1.0, 1.0], [2.0, 1.0]], np.float32)  # row 0 ties at the root, row 1 does not
+    output = np.stack([np.full(2, 99.0), evaluate_path(x, params, np.array([[[0, 2]]] * 2)).output[1]])
+    result = check_fff_output(x, params, output.astype(np.float32), None)
+    assert result.ok, result.detail
+    assert (result.rows_checked, result.rows_skipped) == (1, 1)
+
+
+# -- timing and formatting --------------------------------------------------------------------------------------
+
+
+def test_time_call_warms_up_then_samples():
+    calls = []
+    timing = time_call(lambda: calls.append(1) or len(calls), repeats=4, budget=10.0, min_sample=0.0)
+    assert len(timing.samples) == 4
+    assert len(calls) == 2 + 4 * timing.number
+    assert timing.output == len(calls)
+    assert timing.first_call >= 0 and timing.median > 0
+
+
+def test_time_call_stops_at_the_budget_after_the_minimum():
+    timing = time_call(lambda: sum(range(20000)), repeats=1000, min_repeats=3, budget=0.0, min_sample=0.0)
+    assert len(timing.samples) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(0.0123, "0.0123"), (1.234, "1.23"), (12.34, "12.3"), (123.4, "123"), (4095 / 12, "341")]
+)
+def test_three_significant_digits(value, text):
+    assert three_digits(value) == text
+
+
+def test_time_and_speedup_formats():
+    assert format_seconds(2.5e-5) == "25.0 us"
+    assert format_seconds(0.128) == "128 ms"
+    assert format_speedup(None) == "-"
+    assert format_speedup(256.0) == "256x"
+
+
+# -- comparison and fff compare ---------------------------------------------------------------------------------
+
+
+def test_comparison_times_and_checks_every_case():
+    results = _fast(case_table.cases_for(case_table.tiny_shapes(), ["reference"]))
+    by_id = {r.case.implementation: r for r in results}
+    assert by_id["fff:reference"].status == OK and by_id["fff:reference"].check.ok
+    assert by_id["dense:numpy:30"].status == OK and by_id["dense:numpy:30"].check is None
+    assert all(r.timed for r in results if r.status == OK)
+    table = format_table(results)
+    assert "theoretical limit (dense neurons / visited neurons): 30/8 = 3.75x" in table
+    assert "vs dense 30" in table and "vs reference" in table
+
+
+def test_a_fast_wrong_backend_is_reported_wrong_not_fast(use_registry):
+    use_registry(("scaled", plugin_with(ScaledBackend("scaled"))))
+    results = _fast(case_table.cases_for(case_table.tiny_shapes(), ["reference", "scaled"]))
+    scaled = next(r for r in results if r.case.implementation == "fff:scaled")
+    assert scaled.status == WRONG
+    assert "float64 oracle" in scaled.reason
+    row = next(line for line in format_table(results).splitlines() if line.startswith("fff:scaled"))
+    assert "WRONG" in row and " us" not in row and "ms" not in row
+
+
+class RaisingBackend(FakeBackend):
+    def fff(self, x, params):
+        raise RuntimeError("kernel exploded")
+
+
+def test_a_raising_backend_is_reported_failed_and_the_rest_still_run(use_registry):
+    use_registry(("raising", plugin_with(RaisingBackend("raising"))))
+    results = _fast(case_table.cases_for(case_table.tiny_shapes(), ["raising", "reference"]))
+    statuses = {r.case.implementation: (r.status, r.reason) for r in results}
+    assert statuses["fff:raising"] == ("failed", "calling raised RuntimeError: kernel exploded")
+    assert statuses["fff:reference"][0] == OK
+
+
+def test_an_unavailable_backend_is_skipped_with_its_reason(use_registry):
+    use_registry(("off", plugin_with(FakeBackend("off", available=False))))
+    results = _fast([case_table.Case(case_table.tiny_shapes()[0], "fff:off")])
+    assert results[0].status == "skipped"
+    assert "fakelib is not installed" in results[0].reason
+    assert "pip install fakelib" in format_table(results)
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_variables(monkeypatch):
+    """``fff compare`` pins threads through the environment; undo that after each test."""
+    from fffcore.benchmarks.machine import THREAD_VARIABLES
+
+    for variable in THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+def test_fff_compare_prints_the_table_and_writes_json(tmp_path, capsys):
+    target = tmp_path / "run.json"
+    code = main(
+        ["compare", "--shapes", "tiny", "--backends", "reference", "--repeats", "2", "--json", str(target), "--quiet"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "fff:reference" in out and "dense:numpy:30" in out and "threads:" in out
+    record = json.loads(target.read_text())
+    assert record["format"] == "fffcore-compare/1"
+    assert record["machine"]["cpu"] and record["machine"]["threads"]["numpy BLAS"]
+    assert "numpy" in record["machine"]["libraries"]
+    statuses = {r["implementation"]: r["status"] for r in record["results"]}
+    assert statuses["fff:reference"] == "ok"
+    reference = next(r for r in record["results"] if r["implementation"] == "fff:reference")
+    assert reference["speedups"]["reference"] == 1.0
+    assert reference["timing"]["median_s"] > 0 and reference["check"]["ok"] is True
+
+
+def test_fff_compare_exits_1_on_a_wrong_backend(use_registry, capsys):
+    use_registry(("scaled", plugin_with(ScaledBackend("scaled"))))
+    code = main(["compare", "--shapes", "tiny", "--backends", "scaled", "--baselines", "none", "--repeats", "2"])
+    assert code == 1
+    assert "WRONG" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--backends", "nonesuch"], "unknown ['nonesuch']"),
+        (["--baselines", "sparse"], "--baselines: expected names from"),
+        (["--shapes", "papr"], "unknown ['papr']"),
+        (["--batches", "1,x"], "--batches: expected comma-separated positive integers, got '1,x'"),
+        (["--threads", "0"], "--threads: expected a positive integer, got 0"),
+    ],
+)
+def test_fff_compare_rejects_bad_arguments(arguments, message, capsys):
+    assert main(["compare", *arguments, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_depth_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fffcore.benchmarks.plot import plot_depth
+
+    shapes = case_table.depth_shapes(batch=2, depths=(0, 1, 2))
+    results = _fast(case_table.select_implementations(case_table.cases_for(shapes, ["reference"]), ["fff", "dense"]))
+    target = tmp_path / "depth.png"
+    plot_depth(results, target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the pytest-benchmark suite ---------------------------------------------------------------------------------
+
+
+def _pytest(*arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *arguments]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_suite_collects_every_backend_at_the_paper_setting():
+    run = _pytest("benchmarks/test_bench_fff.py", "--collect-only", "-q", "--bench-shapes", "paper")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for batch in case_table.PAPER_BATCHES:
+        for name in case_table.backend_names():
+            assert f"paper/d768-D11-K1-B{batch}-float32/fff:{name}]" in run.stdout
+        assert f"paper/d768-D11-K1-B{batch}-float32/paper:torch]" in run.stdout
+
+
+def test_suite_smoke_runs_a_tiny_case():
+    # The reference and the numpy dense layer only: no JIT compilation or torch import, so it takes seconds.
+    run = _pytest(
+        "benchmarks/test_bench_fff.py",
+        "--bench-shapes",
+        "tiny",
+        "--bench-implementations",
+        "fff:reference,dense:numpy",
+        "--benchmark-disable",
+        "-q",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout  # test_layer for both, test_first_call for the reference
