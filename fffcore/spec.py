@@ -52,17 +52,29 @@ def depth_from_node_count(n_nodes: int) -> int | None:
     return (n_nodes + 1).bit_length() - 2
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
     """Canonical name of a numpy, torch or cupy dtype: ``"float32"``, ``"int64"``, ...
 
     torch spells its dtypes ``torch.float32``; numpy and cupy share numpy's
-    dtype objects, whose ``name`` is already canonical.
+    dtype objects, whose ``name`` is already canonical. Cached per dtype:
+    numpy computes ``dtype.name`` anew on every access (microseconds, on
+    every call's path).
     """
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):  # TypeError: an unhashable stand-in
+        pass
     name = getattr(dtype, "name", None)
-    if isinstance(name, str):
-        return name
-    text = str(dtype)
-    return text.rsplit(".", 1)[-1]
+    if not isinstance(name, str):
+        name = str(dtype).rsplit(".", 1)[-1]
+    try:
+        _DTYPE_NAMES[dtype] = name
+    except TypeError:
+        pass
+    return name
 
 
 def is_floating(name: str) -> bool:
