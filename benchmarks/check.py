@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fffcore.conformance import tolerances
+from fffcore.conformance.checks import oracle_along
 from fffcore.params import FFFParams
-from fffcore.reference.oracle import evaluate_path, oracle_cmm
+from fffcore.reference.oracle import oracle_cmm
 
 #: Rows evaluated in float64 at a time, so the (rows, K, D+1, d_in) gathers stay tens of megabytes.
 CHUNK_ROWS = 256
@@ -136,8 +137,8 @@ def _check_rows(
         if failure:
             return CheckResult(False, failure, 0)
     nodes = np.asarray(nodes, dtype=np.int64)
-    along = evaluate_path(x, wide, nodes)
-    band = tolerances.logit_tolerance(dtype, wide.d_in, along.logit_scale, accumulation=accumulation)  # (B, K, L)
+    oracle = oracle_along(x, wide, dtype, nodes, accumulation)  # the conformance suite's bounds
+    along, band = oracle.evaluation, oracle.logit_tolerance  # band: (B, K, L)
     # The last level's sign decides no branch, so only levels 0..D-1 can be ties that matter.
     branch_tie = tolerances.branch_is_ambiguous(
         dtype, wide.d_in, along.logits, along.logit_scale, accumulation=accumulation
@@ -158,18 +159,7 @@ def _check_rows(
     # Without a reported path, a row with a near tie on the float64 path may rightly have taken another one.
     keep = np.ones(x.shape[0], dtype=bool) if reported else ~branch_tie.any(axis=(1, 2))
 
-    tree = np.arange(wide.trees)[None, :, None]
-    w_out_abs = np.abs(wide.w_out[tree, nodes])  # (B, K, L, d_out)
-    bound = tolerances.output_tolerance(
-        dtype,
-        wide.activation,
-        along.logits,
-        band,
-        w_out_abs,
-        along.output_scale,
-        accumulation=accumulation,
-        output64=along.output,
-    )
+    bound = oracle.output_tolerance
     error = np.abs(output.astype(np.float64) - along.output)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(bound > 0, error / bound, np.where(error == 0, 0.0, np.inf))

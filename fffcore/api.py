@@ -33,7 +33,7 @@ def cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
         :class:`CMMResult` with ``logits`` (..., K, D+1) in ``params.dtype`` and
         ``nodes`` (..., K, D+1) int64, in the array type of ``x``.
     """
-    x, rows, leading, chosen = _prepare(x, params, backend)
+    rows, leading, chosen = _prepare(x, params, backend)
     logits, nodes = chosen.cmm(rows, params)
     tail = (params.trees, params.depth + 1)
     return CMMResult(logits.reshape(leading + tail), nodes.reshape(leading + tail))
@@ -50,11 +50,11 @@ def fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
     Returns:
         (..., d_out) array in ``params.dtype``, in the array type of ``x``.
     """
-    x, rows, leading, chosen = _prepare(x, params, backend)
+    rows, leading, chosen = _prepare(x, params, backend)
     return chosen.fff(rows, params).reshape(leading + (params.d_out,))
 
 
-def _prepare(x: Any, params: FFFParams, name: str | None) -> tuple[Any, Any, tuple[int, ...], Backend]:
+def _prepare(x: Any, params: FFFParams, name: str | None) -> tuple[Any, tuple[int, ...], Backend]:
     """Check the call, choose the backend, and flatten ``x`` to (B, d_in)."""
     if not isinstance(params, FFFParams):
         raise TypeError(f"params: expected FFFParams, got {type(params).__name__}")
@@ -86,7 +86,7 @@ def _prepare(x: Any, params: FFFParams, name: str | None) -> tuple[Any, Any, tup
             f"got activation {params.activation!r}"
         )
     leading = shape[:-1]
-    return x, x.reshape(-1, params.d_in), leading, backend
+    return x.reshape(-1, params.d_in), leading, backend
 
 
 def _as_numpy(x: Any) -> np.ndarray:
