@@ -8,10 +8,11 @@
 #   4. fff check cupy --dtype float16    (the undeclared float16 variant, declared for this step only
 #                                         through FFFCORE_CUPY_FLOAT16=1)
 #   5. fff check torch --device cuda     (the torch backend on CUDA)
-#   6. the benchmark: cupy FFF vs torch dense Linear-GELU-Linear (cuBLAS), width 768, depth 11,
+#   6. the test suite's CUDA tests, and FFFInference on CUDA tensors (benchmarks/torch_module.py)
+#   7. the benchmark: cupy FFF vs torch dense Linear-GELU-Linear (cuBLAS), width 768, depth 11,
 #      batches 1/128/4096/16384/65536, float32 (also against TF32 dense) and bfloat16,
 #      into benchmarks/results/gpu_<stamp>.json
-# Total under 9 minutes: the limits below add up to 8 min 10 s (plus 5 s of grace each).
+# Total under 15 minutes: the limits below add up to 13 min 40 s (plus 5 s of grace each).
 # Exit status: 0 when every step passed, 1 otherwise.
 #
 # Environment: PYTHON (default python3), FFF_CHECK_EXAMPLES (default 30), FFF_CHECK_SEED (default 1),
@@ -88,7 +89,14 @@ run_step check_cupy_float16 70 env FFFCORE_CUPY_FLOAT16=1 "${FFF[@]}" check cupy
     --max-examples "$EXAMPLES" --seed "$SEED"
 run_step check_torch_cuda 80 "${FFF[@]}" check torch --device cuda --max-examples "$EXAMPLES" --seed "$SEED"
 
-# 6. The benchmark; it records the steps above in its results file.
+# 6. The test suite's CUDA halves (zero-copy bridging of CUDA tensors, the torch backend and the custom
+#    operators on CUDA), and FFFInference on CUDA tensors against cuBLAS dense layers.
+run_step cuda_tests 180 "$PYTHON" -m pytest "$ROOT/tests/test_bridging.py" "$ROOT/tests/test_torch_ops.py" \
+    "$ROOT/tests/test_torch_backend.py" -q -rs -p no:cacheprovider
+MODULE_RESULTS="$RESULTS_DIR/gpu_torch_module_$STAMP.json"
+run_step torch_module 150 "$PYTHON" -m fffcore.benchmarks.torch_module --device cuda --json "$MODULE_RESULTS"
+
+# 7. The benchmark; it records the steps above in its results file.
 BENCH_OPTIONS=()
 [ "$DRY_RUN" = 1 ] && BENCH_OPTIONS+=("--dry-run")
 echo "=== benchmark (limit 200s)"
@@ -104,7 +112,7 @@ if [ ! -s "$RESULTS" ]; then
 fi
 
 if [ -n "$COPY_TO" ]; then
-    mkdir -p "$COPY_TO" && cp "$RESULTS" "$COPY_TO/" \
+    mkdir -p "$COPY_TO" && cp "$RESULTS" "$COPY_TO/" && { [ ! -s "$MODULE_RESULTS" ] || cp "$MODULE_RESULTS" "$COPY_TO/"; } \
         && tar -czf "$COPY_TO/gpu_check_logs_$STAMP.tar.gz" -C "$RESULTS_DIR" "gpu_check_$STAMP"
 fi
 echo "results: $RESULTS; logs: $LOG_DIR"

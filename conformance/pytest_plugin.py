@@ -51,7 +51,7 @@ def pytest_report_header(config: Any) -> str | None:
     version = f" {target.version}" if target.version else ""
     return (
         f"fffcore conformance: backend {target.backend}{version} on {target.device}; "
-        f"dtypes {', '.join(target.dtypes)}; "
+        f"dtypes {', '.join(target.dtypes)}; arrays {target.describe_array_types()}; "
         f"seed {config.getoption('--fff-seed')}, {config.getoption('--fff-max-examples')} examples per property"
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fffcore.bridging import find_bridge
 from fffcore.conformance.adapters import ADAPTERS
 from fffcore.conformance.tolerances import max_checkable_d_in
 from fffcore.spec import FLOATING_DTYPES
@@ -24,6 +25,9 @@ class Target:
         notes: capabilities declared but not exercised here, with the reason.
         accumulation_dtypes: the backend's ``Backend.accumulation_dtypes``: per parameters'
             dtype, the dtype its dot products and tree sums accumulate in (missing: the dtype itself).
+        bridged_array_types: array types the backend does not take itself but gets from the
+            core through a zero-copy bridge (:mod:`fffcore.bridging`); tested like its own, since
+            that is how callers holding such arrays reach it.
     """
 
     backend: str
@@ -34,6 +38,11 @@ class Target:
     version: str = ""
     notes: tuple[str, ...] = ()
     accumulation_dtypes: dict[str, str] = field(default_factory=dict)
+    bridged_array_types: tuple[str, ...] = ()
+
+    def describe_array_types(self) -> str:
+        """The array types tested, bridged ones marked, e.g. ``"numpy, torch (bridged)"``."""
+        return ", ".join(f"{kind} (bridged)" if kind in self.bridged_array_types else kind for kind in self.array_types)
 
     def accumulation(self, dtype: str) -> str:
         """The dtype the backend accumulates in for ``dtype`` parameters."""
@@ -96,6 +105,18 @@ def resolve_target(backend: str, *, device: str | None = None, dtypes: tuple[str
             notes.append(f"{kind} arrays not tested: {reason}")
             continue
         usable_types.append(kind)
+    bridged: list[str] = []
+    for kind, adapter in ADAPTERS.items():
+        # Array types the core hands over through a zero-copy bridge (torch CPU tensors to a numpy
+        # backend, torch CUDA tensors to a cupy one): the caller's path, tested like native ones.
+        if kind in chosen.array_types or find_bridge(kind, device, chosen.array_types) is None:
+            continue
+        reason = adapter.unavailable_reason(device)
+        if reason:
+            notes.append(f"{kind} arrays (bridged) not tested: {reason}")
+            continue
+        usable_types.append(kind)
+        bridged.append(kind)
     if device != "cpu" and not any(kind != "numpy" for kind in usable_types):
         # numpy inputs stay on the host: nothing would run on the requested device
         raise ValueError(f"device: nothing can run on {device} here; " + "; ".join(notes))
@@ -125,6 +146,7 @@ def resolve_target(backend: str, *, device: str | None = None, dtypes: tuple[str
         version=_version_of(chosen),
         notes=tuple(notes),
         accumulation_dtypes=accumulation,
+        bridged_array_types=tuple(bridged),
     )
 
 

@@ -15,7 +15,7 @@ from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl
 from fffcore.params import FFFParams
 from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBackendError
 from fffcore.registry import registry as _registry
-from fffcore.selection import use_backend
+from fffcore.selection import resolve_backend, use_backend
 from fffcore.spec import ACTIVATIONS
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "get_backend",
     "hookimpl",
     "list_backends",
+    "resolve_backend",
     "use_backend",
 ]
 

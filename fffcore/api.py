@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+import weakref
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from fffcore.arrays import array_type
 from fffcore.backend import Backend
+from fffcore.bridging import Bridge, array_device, bridged_params, describe_device, find_bridge
 from fffcore.params import FFFParams
-from fffcore.selection import select_backend
+from fffcore.registry import registry
+from fffcore.selection import _forget_hooks, automatic_backend, requested_backend
 from fffcore.spec import FLOATING_DTYPES, dtype_name, is_floating
 
 
@@ -18,6 +23,17 @@ class CMMResult(NamedTuple):
 
     logits: Any
     nodes: Any
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Where one call goes: the backend, the bridge ``x`` crosses (None: taken as it is), and the
+    parameters bridged to the backend's array type (None: the call's own parameters, as they are;
+    kept out of the cache so that it never holds the parameters it is keyed on)."""
+
+    backend: Backend
+    bridge: Bridge | None
+    bridged_params: FFFParams | None
 
 
 def cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
@@ -31,12 +47,12 @@ def cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
 
     Returns:
         :class:`CMMResult` with ``logits`` (..., K, D+1) in ``params.dtype`` and
-        ``nodes`` (..., K, D+1) int64, in the array type of ``x``.
+        ``nodes`` (..., K, D+1) int64, in the array type of ``x`` and on its device
+        (see :mod:`fffcore.bridging` for arrays a backend takes through a bridge).
     """
-    rows, leading, chosen = _prepare(x, params, backend)
-    logits, nodes = chosen.cmm(rows, params)
-    tail = (params.trees, params.depth + 1)
-    return CMMResult(logits.reshape(leading + tail), nodes.reshape(leading + tail))
+    x = _as_array(x)
+    _refuse_torch_tracing(x, "cmm")
+    return run_cmm(x, params, backend)
 
 
 def fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
@@ -48,36 +64,70 @@ def fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
         backend: a backend name; None follows :mod:`fffcore.selection`.
 
     Returns:
-        (..., d_out) array in ``params.dtype``, in the array type of ``x``.
+        (..., d_out) array in ``params.dtype``, in the array type of ``x`` and on its device.
+        The result never carries an autograd graph: FFF layers here are for inference.
     """
-    rows, leading, chosen = _prepare(x, params, backend)
-    return chosen.fff(rows, params).reshape(leading + (params.d_out,))
+    x = _as_array(x)
+    _refuse_torch_tracing(x, "fff")
+    return run_fff(x, params, backend)
 
 
-def _prepare(x: Any, params: FFFParams, name: str | None) -> tuple[Any, tuple[int, ...], Backend]:
-    """Check the call, choose the backend, and flatten ``x`` to (B, d_in)."""
+def run_fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
+    """:func:`fff` for an array ``x``, without the tracing check (the torch custom op calls this)."""
+    dispatch = dispatch_for(x, params, backend)
+    bridge = dispatch.bridge
+    rows = x if bridge is None else bridge.to_target(x, params.dtype)
+    leading = tuple(rows.shape[:-1])
+    taken = dispatch.bridged_params or params
+    y = dispatch.backend.fff(rows.reshape(-1, params.d_in), taken).reshape(leading + (params.d_out,))
+    return y if bridge is None else bridge.to_source(y)
+
+
+def run_cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
+    """:func:`cmm` for an array ``x``, without the tracing check (the torch custom op calls this)."""
+    dispatch = dispatch_for(x, params, backend)
+    bridge = dispatch.bridge
+    rows = x if bridge is None else bridge.to_target(x, params.dtype)
+    tail = tuple(rows.shape[:-1]) + (params.trees, params.depth + 1)
+    logits, nodes = dispatch.backend.cmm(rows.reshape(-1, params.d_in), dispatch.bridged_params or params)
+    logits, nodes = logits.reshape(tail), nodes.reshape(tail)
+    if bridge is not None:
+        logits, nodes = bridge.to_source(logits), bridge.to_source(nodes)
+    return CMMResult(logits, nodes)
+
+
+def dispatch_for(x: Any, params: FFFParams, name: str | None) -> Dispatch:
+    """Check the call, choose the backend, and find the bridges ``x`` and ``params`` need.
+
+    The decision depends only on the parameters, the requested name and ``x``'s array type and
+    device, so it is made once per combination and kept as long as the parameters live.
+    """
     if not isinstance(params, FFFParams):
         raise TypeError(f"params: expected FFFParams, got {type(params).__name__}")
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-        x = _as_numpy(x)
-    shape = tuple(x.shape)
+    shape = x.shape
     if len(shape) < 1:
         raise ValueError(f"x: expected an array of shape (..., {params.d_in}), got a 0-D array")
     if shape[-1] != params.d_in:
-        raise ValueError(f"x: expected shape (..., {params.d_in}) to match params.d_in, got {shape}")
+        raise ValueError(f"x: expected shape (..., {params.d_in}) to match params.d_in, got {tuple(shape)}")
     x_dtype = dtype_name(x.dtype)
     if not is_floating(x_dtype):
         raise TypeError(f"x: expected a real floating dtype {FLOATING_DTYPES}, got {x_dtype}")
-
-    backend = select_backend(x, name)
+    name = requested_backend(name)
     kind = array_type(x)
-    if kind not in backend.array_types:
-        raise TypeError(f"x: backend {backend.name!r} accepts {', '.join(backend.array_types)} arrays, got {kind}")
-    if params.array_type not in backend.array_types:
-        raise TypeError(
-            f"params: backend {backend.name!r} accepts {', '.join(backend.array_types)} arrays, "
-            f"got {params.array_type} parameters"
-        )
+    device = array_device(x, kind)
+    key = (name, kind, device)
+    per_params = _dispatches.get(params)
+    if per_params is not None:
+        found = per_params.get(key)
+        if found is not None:
+            return found
+    dispatch = _new_dispatch(x, params, name, kind, device)
+    _dispatches.setdefault(params, {})[key] = dispatch
+    return dispatch
+
+
+def _new_dispatch(x: Any, params: FFFParams, name: str | None, kind: str, device: str) -> Dispatch:
+    backend = registry().get(name) if name is not None else automatic_backend(kind, device, params)
     if params.dtype not in backend.dtypes:
         raise TypeError(f"params: backend {backend.name!r} computes in {', '.join(backend.dtypes)}, got {params.dtype}")
     if params.activation not in backend.activations:
@@ -85,11 +135,66 @@ def _prepare(x: Any, params: FFFParams, name: str | None) -> tuple[Any, tuple[in
             f"params: backend {backend.name!r} implements {', '.join(backend.activations)}, "
             f"got activation {params.activation!r}"
         )
-    leading = shape[:-1]
-    return x.reshape(-1, params.d_in), leading, backend
+    bridge = None
+    if kind not in backend.array_types:
+        bridge = _bridge_to(backend, x, kind, "x")
+    taken = None
+    params_kind = params.array_type
+    if params_kind not in backend.array_types:
+        taken = bridged_params(params, _bridge_to(backend, params.w_in, params_kind, "params"))
+    return Dispatch(backend, bridge, taken)
 
 
-def _as_numpy(x: Any) -> np.ndarray:
+#: Dispatch decisions per parameters object, then per (requested name, array type, device).
+_dispatches: weakref.WeakKeyDictionary[FFFParams, dict[tuple[str | None, str, str], Dispatch]] = (
+    weakref.WeakKeyDictionary()
+)
+_forget_hooks.append(_dispatches.clear)
+
+
+def _bridge_to(backend: Backend, array: Any, kind: str, what: str) -> Bridge:
+    """The zero-copy bridge from ``array`` to ``backend``, or a TypeError saying why there is none."""
+    device = array_device(array, kind)
+    accepted = ", ".join(backend.array_types)
+    if device not in backend.devices:
+        where = ", ".join(backend.devices)
+        raise TypeError(
+            f"{what}: backend {backend.name!r} computes on {where} with {accepted} arrays, got "
+            f"{describe_device(array, kind)}; move it there yourself or choose a backend for {device} "
+            "(`fff backends` lists them)"
+        )
+    bridge = find_bridge(kind, device, backend.array_types)
+    if bridge is None:
+        raise TypeError(f"{what}: backend {backend.name!r} accepts {accepted} arrays, got {kind}")
+    return bridge
+
+
+def _refuse_torch_tracing(x: Any, name: str) -> None:
+    """A clear error instead of a graph that would replay this call's result as a constant.
+
+    ``torch.jit.trace`` records torch operations only; the numpy and numba work behind a
+    bridged call would vanish from the trace. The custom ops ``torch.ops.fffcore.fff`` and
+    ``torch.ops.fffcore.cmm`` (and :class:`fffcore.torch.FFFInference`, which calls them while
+    tracing or compiling) are recorded as one operation each and run anew on every input.
+    """
+    if array_type(x) != "torch":
+        return
+    torch = _torch()
+    if torch._C._is_tracing() or torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"fffcore.{name} cannot be traced or compiled by torch (jit.trace, compile, export): its result "
+            f"would be recorded as a constant. Call torch.ops.fffcore.{name} (import fffcore.torch to register "
+            "it) or use fffcore.torch.FFFInference, which torch records as one operation."
+        )
+
+
+def _torch() -> Any:
+    return sys.modules["torch"]  # only reached with a torch tensor in hand, so torch is imported
+
+
+def _as_array(x: Any) -> Any:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
     try:
         return np.asarray(x)
     except Exception as error:  # ragged lists and the like

@@ -5,9 +5,15 @@ Precedence, first match wins:
 1. the ``backend=`` argument of the call;
 2. the innermost :func:`use_backend` context (per thread and per asyncio task);
 3. the ``FFFCORE_BACKEND`` environment variable;
-4. automatic choice by the input's array type: the available backend of
-   highest priority that accepts that array type (for numpy input, among
-   backends that compute on the CPU).
+4. automatic choice by the input's device and the layer's dtype: the
+   available backend of highest priority that computes on the device ``x``
+   lives on, in the parameters' dtype and activation, and takes ``x``
+   either as it is or through a zero-copy bridge (:mod:`fffcore.bridging`).
+   So numpy arrays and CPU torch tensors of a float32 or float64 layer go to
+   ``numba`` where it is available; CUDA tensors to ``cupy``, else ``torch``.
+
+:func:`resolve_backend` answers, for a given input and layer, which backend a
+call would run on.
 """
 
 from __future__ import annotations
@@ -16,15 +22,21 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from fffcore.arrays import array_type
 from fffcore.backend import Backend
+from fffcore.bridging import array_device, find_bridge
 from fffcore.registry import registry
+
+if TYPE_CHECKING:
+    from fffcore.params import FFFParams
 
 BACKEND_VARIABLE = "FFFCORE_BACKEND"
 
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("fffcore_backend", default=None)
-_automatic: dict[str, Backend] = {}
+#: Automatic choices by (array type, device, dtype, activation, parameters' array type and device).
+_automatic: dict[tuple[str, str, str, str, str, str], Backend] = {}
 
 
 @contextlib.contextmanager
@@ -43,34 +55,86 @@ def use_backend(name: str) -> Iterator[Backend]:
         _context_backend.reset(token)
 
 
-def select_backend(x: object, name: str | None = None) -> Backend:
-    """The backend a call on ``x`` runs on, by the precedence above."""
+def select_backend(x: Any, name: str | None = None, params: FFFParams | None = None) -> Backend:
+    """The backend a call on ``x`` (with ``params``) runs on, by the precedence above.
+
+    Without ``params`` the automatic choice considers every dtype and activation.
+    """
+    name = requested_backend(name)
+    if name is not None:
+        return registry().get(name)
+    kind = array_type(x)
+    return automatic_backend(kind, array_device(x, kind), params)
+
+
+def requested_backend(name: str | None) -> str | None:
+    """The name chosen by the argument, the context or ``FFFCORE_BACKEND``, in that order; None for automatic."""
     if name is None:
         name = _context_backend.get()
         if name is None:
             name = os.environ.get(BACKEND_VARIABLE) or None
-    if name is not None:
-        if not isinstance(name, str):
-            raise TypeError(f"backend: expected a backend name (str) or None, got {type(name).__name__}")
-        return registry().get(name)
-    kind = array_type(x)
-    backend = _automatic.get(kind)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"backend: expected a backend name (str) or None, got {type(name).__name__}")
+    return name
+
+
+def automatic_backend(kind: str, device: str, params: FFFParams | None) -> Backend:
+    """The available backend of highest priority for ``kind`` arrays on ``device`` and these parameters."""
+    if params is None:
+        key = (kind, device, "", "", "", "")
+    else:
+        params_kind = params.array_type
+        key = (kind, device, params.dtype, params.activation, params_kind, array_device(params.w_in, params_kind))
+    backend = _automatic.get(key)
     if backend is None:
-        backend = _choose_automatically(kind)
-        _automatic[kind] = backend
+        backend = _choose_automatically(*key)
+        _automatic[key] = backend
     return backend
 
 
+def resolve_backend(x: Any, params: FFFParams, backend: str | None = None) -> Backend:
+    """The backend that ``fffcore.fff(x, params, backend)`` would run on, without running it.
+
+    Raises what the call would raise when no backend can serve it.
+    """
+    from fffcore.api import dispatch_for
+
+    return dispatch_for(x, params, backend).backend
+
+
 def forget_automatic_choices() -> None:
+    """Drop every cached choice (after the registry changed)."""
     _automatic.clear()
+    for forget in _forget_hooks:
+        forget()
 
 
-def _choose_automatically(kind: str) -> Backend:
+#: Other caches of decisions that depend on the registry (the core's per-parameters dispatch).
+_forget_hooks: list[Any] = []
+
+
+def takes(backend: Backend, kind: str, device: str) -> bool:
+    """Whether ``backend`` computes on ``device`` and takes ``kind`` arrays there, as they are or bridged.
+
+    A backend that takes numpy arrays but computes on CUDA (cupy) copies them over itself when
+    asked by name; the automatic choice keeps numpy input on the CPU.
+    """
+    if device not in backend.devices:
+        return False
+    return kind in backend.array_types or find_bridge(kind, device, backend.array_types) is not None
+
+
+def _choose_automatically(
+    kind: str, device: str, dtype: str, activation: str, params_kind: str, params_on: str
+) -> Backend:
     current = registry()
     candidates = [
         backend
         for backend in current.backends.values()
-        if kind in backend.array_types and (kind != "numpy" or "cpu" in backend.devices)
+        if takes(backend, kind, device)
+        and (not dtype or dtype in backend.dtypes)
+        and (not activation or activation in backend.activations)
+        and (not params_kind or _takes_params(backend, params_kind, params_on))
     ]
     # Highest priority first, and availability asked only until one answers yes: an availability
     # check may import its library (seconds for torch), which a faster backend makes unnecessary.
@@ -78,5 +142,35 @@ def _choose_automatically(kind: str) -> Backend:
         if current.availability(backend.name).available:
             return backend
     accepting = sorted(backend.name for backend in candidates)
-    hint = f"; backends for {kind} arrays: {', '.join(accepting)} (see `fff backends`)" if accepting else ""
-    raise TypeError(f"x: no available backend accepts {kind} arrays{hint}")
+    what = f"{kind} arrays on {device}" + (f" with {dtype} {activation} parameters" if dtype else "")
+    hint = f"; backends for them: {', '.join(accepting)} (see `fff backends`)" if accepting else ""
+    raise TypeError(f"x: no available backend takes {what}{hint}")
+
+
+def _takes_params(backend: Backend, params_kind: str, params_on: str) -> bool:
+    if params_kind in backend.array_types:
+        return True
+    return params_on in backend.devices and find_bridge(params_kind, params_on, backend.array_types) is not None
+
+
+#: The inputs ``fff backends`` reports the automatic choice for: (label, array type, device, dtype).
+TYPICAL_INPUTS: tuple[tuple[str, str, str, str], ...] = (
+    ("numpy arrays, float32 layer", "numpy", "cpu", "float32"),
+    ("torch CPU tensors, float32 layer", "torch", "cpu", "float32"),
+    ("torch CPU tensors, bfloat16 layer", "torch", "cpu", "bfloat16"),
+    ("torch CUDA tensors, float32 layer", "torch", "cuda", "float32"),
+    ("cupy arrays, float32 layer", "cupy", "cuda", "float32"),
+)
+
+
+def automatic_choices() -> list[tuple[str, str]]:
+    """For each of :data:`TYPICAL_INPUTS`: its label and the backend chosen for it (parameters of
+    the same array type on the same device, gelu), or ``"none: <why>"``."""
+    choices = []
+    for label, kind, device, dtype in TYPICAL_INPUTS:
+        try:
+            chosen = _choose_automatically(kind, device, dtype, "gelu", kind, device).name
+        except TypeError as error:
+            chosen = f"none: {str(error).removeprefix('x: ')}"
+        choices.append((label, chosen))
+    return choices

@@ -21,10 +21,11 @@ except ImportError as error:  # pragma: no cover - exercised only where torch is
         f"fffcore.torch needs PyTorch, which is not installed: pip install 'fffcore[torch]' ({error})"
     ) from error
 
-from fffcore.api import fff
+from fffcore import torch_ops
+from fffcore.api import run_fff
 from fffcore.backends.torch.prepared import torch_dtype
 from fffcore.params import FFFParams
-from fffcore.selection import select_backend
+from fffcore.selection import resolve_backend
 from fffcore.spec import dtype_name
 
 __all__ = ["FFFInference", "to_torch"]
@@ -73,17 +74,21 @@ class FFFInference(torch.nn.Module):
 
     Args:
         params: the layer; copied into the module's buffers.
-        backend: the fffcore backend to call; None chooses automatically
-            (``torch`` for tensors, see :mod:`fffcore.selection`). Backends
-            that take tensors get them as they are; numpy-only backends
-            (``reference``, ``numba``) get a host copy of x and of the weights
-            (the weights' copy is made once), and the result goes back to x's device.
+        backend: the fffcore backend to call; None chooses per input (see
+            :mod:`fffcore.selection`): ``numba`` for float32 and float64 CPU
+            tensors where it is available, ``cupy`` (else ``torch``) for CUDA
+            tensors. Backends of another array library get x and the weights
+            through zero-copy views (:mod:`fffcore.bridging`), and the result
+            comes back as a tensor on x's device.
         device, dtype: where and in which floating dtype to keep the weights;
             None keeps the parameters' own (numpy parameters go to the CPU).
 
     ``forward`` takes x of shape (..., d_in), any real floating dtype (it is
     converted to the weights' dtype), and returns (..., d_out) in the
-    weights' dtype, on x's device.
+    weights' dtype, on x's device. Eager calls go straight to the backend;
+    under ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` the
+    module calls the custom operator ``torch.ops.fffcore.fff``
+    (:mod:`fffcore.torch_ops`), which those tools record as one operation.
     """
 
     def __init__(self, params: FFFParams, backend: str | None = None, device: Any = None, dtype: Any = None) -> None:
@@ -100,7 +105,6 @@ class FFFInference(torch.nn.Module):
         self.backend = backend
         self._params: FFFParams | None = None
         self._stamp: tuple[tuple[int, int], ...] = ()
-        self._numpy_params: tuple[FFFParams, FFFParams] | None = None
 
     def params(self) -> FFFParams:
         """The current buffers as :class:`FFFParams`, rebuilt only after they were replaced or written.
@@ -116,45 +120,39 @@ class FFFInference(torch.nn.Module):
             self._stamp = stamp
         return self._params
 
-    def numpy_params(self) -> FFFParams:
-        """The buffers as numpy :class:`FFFParams` (sharing CPU buffers' memory), for numpy-only backends."""
-        params = self.params()
-        cached = self._numpy_params
-        if cached is None or cached[0] is not params:
-            if self.w_in.dtype == torch.bfloat16:
-                raise TypeError("params: numpy has no bfloat16; use a backend that accepts torch tensors (torch)")
-            arrays = [None if t is None else t.detach().cpu().numpy() for t in (self.w_in, self.b_in, self.w_out)]
-            cached = (params, FFFParams(*arrays, self.activation))
-            self._numpy_params = cached
-        return cached[1]
-
     def forward(self, x: Any) -> Any:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-        with torch.no_grad():
-            chosen = select_backend(x, self.backend)
-            if "torch" in chosen.array_types:
-                return fff(x, self.params(), backend=chosen.name)
-            if "numpy" in chosen.array_types:
-                # A numpy-only backend (reference, numba): through the host, and back to x's device.
-                # x goes over in the weights' dtype, the dtype of the computation anyway (and numpy
-                # has no bfloat16, which x may be).
-                params = self.numpy_params()  # first: it explains why bfloat16 weights cannot go
-                rows = x.detach().to(device="cpu", dtype=self.w_in.dtype).numpy()
-                y = fff(rows, params, backend=chosen.name)
-                return torch.from_numpy(y).to(x.device)
-            raise TypeError(
-                f"backend: {chosen.name!r} accepts {', '.join(chosen.array_types)} arrays, neither torch nor numpy"
-            )
+        if _recording(x):
+            # Detached always, not only when x requires grad, so every trace records the same graph.
+            return torch_ops.fff_op(x.detach(), self.w_in, self.b_in, self.w_out, self.activation, self.backend)
+        if x.requires_grad:  # the buffers never require grad, so x is the only way a graph could start
+            x = x.detach()
+        return run_fff(x, self.params(), self.backend)
+
+    def resolved_backend(self, device: Any = None) -> str:
+        """The backend a call on a tensor of the weights' dtype on ``device`` (default: the weights') runs on."""
+        probe = torch.empty((0, self.w_in.shape[2]), dtype=self.w_in.dtype, device=device or self.w_in.device)
+        return resolve_backend(probe, self.params(), self.backend).name
 
     def extra_repr(self) -> str:
         trees, n_nodes, d_in = self.w_in.shape
         depth = n_nodes.bit_length() - 1
+        try:
+            serving = self.resolved_backend()
+        except Exception as error:  # a repr must not raise; say why no backend serves it
+            serving = f"none: {error}"
+        chosen = f"{self.backend!r}" if self.backend is not None else f"None (automatic: {serving})"
         return (
             f"trees={trees}, depth={depth}, d_in={d_in}, d_out={self.w_out.shape[2]}, "
             f"activation={self.activation!r}, bias={self.b_in is not None}, dtype={dtype_name(self.w_in.dtype)}, "
-            f"backend={self.backend!r}"
+            f"device={self.w_in.device}, backend={chosen}"
         )
+
+
+def _recording(x: torch.Tensor) -> bool:
+    """Whether torch is tracing or compiling this call (fake and functional tensors are subclasses)."""
+    return type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _torch_dtype(dtype: Any) -> Any:

@@ -126,7 +126,15 @@ def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: P
     (results,) = tmp_path.glob("gpu_*.json")
     report = read(results)
     steps = {step["name"]: step for step in report["steps"]}
-    assert set(steps) == {"backends", "check_cupy", "check_cupy_float16", "check_torch_cuda"}
+    assert set(steps) == {
+        "backends",
+        "check_cupy",
+        "check_cupy_float16",
+        "check_torch_cuda",
+        "cuda_tests",
+        "torch_module",
+    }
+    assert steps["cuda_tests"]["status"] == "passed", steps["cuda_tests"]  # the CUDA tests skip with a reason here
     assert steps["backends"]["status"] == "passed"
     if not _cupy_runs_here():
         for name in ("check_cupy", "check_cupy_float16"):
@@ -135,6 +143,7 @@ def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: P
             assert "backend 'cupy' is unavailable" in steps[name]["log_tail"], steps[name]
         assert run.returncode == 1
     if not _torch_cuda_runs_here():
+        assert steps["torch_module"]["status"] == "failed" and "no CUDA device" in steps["torch_module"]["log_tail"]
         assert steps["check_torch_cuda"]["status"] == "failed", steps["check_torch_cuda"]
         assert "nothing can run on cuda here" in steps["check_torch_cuda"]["log_tail"], steps["check_torch_cuda"]
         assert run.returncode == 1

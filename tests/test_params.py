@@ -137,8 +137,20 @@ def test_backend_capabilities_are_checked_before_dispatch():
         fffcore.fff(np.ones((1, 4), np.float16), half, backend="reference")
 
 
-def test_parameters_of_an_array_type_the_backend_does_not_take():
+def test_parameters_on_a_device_the_backend_does_not_compute_on():
     torch = pytest.importorskip("torch")
-    params = FFFParams(torch.ones(1, 3, 4), None, torch.ones(1, 3, 2))
-    with pytest.raises(TypeError, match=r"params: backend 'reference' accepts numpy arrays, got torch parameters"):
+    params = FFFParams(torch.ones(1, 3, 4, device="meta"), None, torch.ones(1, 3, 2, device="meta"))
+    with pytest.raises(
+        TypeError, match=r"params: backend 'reference' computes on cpu with numpy arrays, got a torch tensor on meta"
+    ):
         fffcore.fff(np.ones((1, 4), np.float32), params, backend="reference")
+
+
+def test_cpu_tensor_parameters_reach_a_numpy_backend_as_views():
+    torch = pytest.importorskip("torch")
+    numpy_params = FFFParams.random(4, 3, 2, seed=0)
+    params = FFFParams(*(torch.tensor(a) for a in (numpy_params.w_in, numpy_params.b_in, numpy_params.w_out)))
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(
+        fffcore.fff(x, params, backend="reference"), fffcore.fff(x, numpy_params, backend="reference")
+    )

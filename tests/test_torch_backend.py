@@ -23,6 +23,7 @@ from fffcore.backends.torch.conversion import compute_rows  # noqa: E402
 from fffcore.conformance import tolerances  # noqa: E402
 from fffcore.reference import activate, evaluate_path, oracle_cmm  # noqa: E402
 from fffcore.registry import registry  # noqa: E402
+from fffcore.torch import to_torch  # noqa: E402
 
 DTYPES = ["float32", "float64"]
 #: Every dtype the backend declares; numpy has no bfloat16, so tests build those layers as tensors.
@@ -74,13 +75,14 @@ def test_declares_its_capabilities():
     assert backend.version() == torch.__version__
 
 
-def test_tensors_choose_the_torch_backend_automatically():
-    params = FFFParams.random(6, 3, 2, seed=0)
-    x = torch.ones(2, 6)
+def test_16_bit_tensors_choose_the_torch_backend_automatically():
+    # numba computes float32 and float64 only, so 16-bit layers on CPU tensors go to torch.
+    params = to_torch(FFFParams.random(6, 3, 2, seed=0), dtype=torch.bfloat16)
+    x = torch.ones(2, 6, dtype=torch.bfloat16)
     with fffcore.use_backend("torch"):
         expected = fffcore.fff(x, params)
     assert torch.equal(fffcore.fff(x, params), expected)
-    assert fffcore.selection.select_backend(x).name == "torch"
+    assert fffcore.resolve_backend(x, params).name == "torch"
 
 
 def test_missing_torch_is_reported_with_the_install_command(monkeypatch):

@@ -34,4 +34,12 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{'':<{width}}  why: {row.reason}")
             if row.fix:
                 print(f"{'':<{width}}  fix: {row.fix}")
+    from fffcore.selection import automatic_choices
+
+    print()
+    print("automatic choice (no backend named):")
+    choices = automatic_choices()
+    label_width = max(len(label) for label, _ in choices)
+    for label, chosen in choices:
+        print(f"  {label:<{label_width}}  {chosen}")
     return 0

@@ -82,7 +82,7 @@ def run(arguments: argparse.Namespace) -> int:
     version = f" {target.version}" if target.version else ""
     print(f"fff check {target.backend}{version} (fffcore {__version__}), device {target.device}")
     print(
-        f"  dtypes: {', '.join(target.dtypes)}; arrays: {', '.join(target.array_types)}; "
+        f"  dtypes: {', '.join(target.dtypes)}; arrays: {target.describe_array_types()}; "
         f"activations: {', '.join(target.activations)}"
     )
     for note in target.notes:

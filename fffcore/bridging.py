@@ -1,0 +1,232 @@
+"""Handing one library's arrays to a backend that computes on another's, without copying.
+
+A backend computes on the array types it declares. When a call's ``x`` (or
+its parameters) belongs to another library but lives on a device the backend
+computes on, the core hands the backend a view of the same memory and turns
+the result back into the caller's library, on the caller's device:
+
+===============  ================  ==============================  ===================================
+caller           backend's arrays  in (shares memory)              out (shares memory)
+===============  ================  ==============================  ===================================
+torch, CPU       numpy             ``Tensor.numpy()``              ``torch.from_numpy``
+numpy            torch             ``torch.from_numpy``            ``Tensor.numpy()``
+torch, CUDA      cupy              ``cupy.from_dlpack``            ``torch.from_dlpack``
+cupy             torch             ``torch.from_dlpack``           ``cupy.from_dlpack``
+===============  ================  ==============================  ===================================
+
+Copies are made only where sharing is impossible, once per call for ``x``
+and once per parameters object for the weights: a bfloat16 tensor for a
+library without bfloat16 (numpy, cupy) is first converted, by torch, to the
+parameters' dtype (the dtype of the computation anyway); a read-only numpy
+array is copied for torch, which has no read-only tensors; and a backend that
+needs contiguous rows copies a strided view itself, as it would for its own
+arrays. A tensor on a device the backend does not compute on is never moved:
+that is a ``TypeError`` naming both devices.
+
+Nothing here imports torch or cupy unless the caller's arrays are theirs.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fffcore.arrays import array_type
+from fffcore.spec import dtype_name
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """How arrays of one library on one device reach a backend's library, and how results come back.
+
+    Attributes:
+        source: the caller's array type (``"torch"``, ``"numpy"``, ``"cupy"``).
+        device: the device type both sides live on (``"cpu"``, ``"cuda"``).
+        target: the backend's array type.
+        to_target: ``(x, dtype)`` -> ``x`` in the target library, sharing memory
+            unless the docstring of this module says otherwise; ``dtype`` is
+            the parameters' dtype, used only when ``x`` must be converted anyway.
+        to_source: a result of the backend -> the same data in the caller's library.
+    """
+
+    source: str
+    device: str
+    target: str
+    to_target: Callable[[Any, str], Any]
+    to_source: Callable[[Any], Any]
+
+
+def array_device(x: Any, kind: str) -> str:
+    """The device type ``x`` lives on: ``"cpu"`` for numpy, ``"cuda"`` for cupy, torch's own otherwise."""
+    if kind == "numpy":
+        return "cpu"
+    if kind == "torch":
+        # is_cpu and is_cuda are plain flags; x.device builds a new object on every access.
+        return "cpu" if x.is_cpu else ("cuda" if x.is_cuda else str(x.device.type))
+    if kind == "cupy":
+        return "cuda"
+    device = getattr(x, "device", "cpu")
+    return str(getattr(device, "type", device))
+
+
+def find_bridge(source: str, device: str, targets: tuple[str, ...]) -> Bridge | None:
+    """The first bridge from ``source`` arrays on ``device`` to one of ``targets``, or None."""
+    for target in targets:
+        bridge = _BRIDGES.get((source, device, target))
+        if bridge is not None:
+            return bridge
+    return None
+
+
+def describe_device(x: Any, kind: str) -> str:
+    """``x``'s library and device for error messages, e.g. ``"a torch tensor on cuda:0"``."""
+    if kind == "torch":
+        return f"a torch tensor on {x.device}"
+    if kind == "cupy":
+        return f"a cupy array on cuda:{x.device.id}"
+    return f"a {kind} array on {array_device(x, kind)}"
+
+
+# --- torch <-> numpy, on the CPU -------------------------------------------------------------------
+
+
+def _torch() -> Any:
+    """torch itself; only called with a tensor in hand, so it is imported already."""
+    return sys.modules["torch"]
+
+
+def _require_strided(x: Any) -> None:
+    if x.layout is not _torch().strided:
+        raise TypeError(f"x: expected a dense (strided) torch tensor, got layout {x.layout}")
+
+
+def _torch_to_numpy(x: Any, dtype: str) -> np.ndarray:
+    torch = _torch()
+    if x.layout is not torch.strided:
+        raise TypeError(f"x: expected a dense (strided) torch tensor, got layout {x.layout}")
+    if x.requires_grad:  # inference only: the result never carries a graph
+        x = x.detach()
+    if x.dtype is torch.bfloat16:  # numpy has no bfloat16: one conversion, by torch
+        x = x.to(getattr(torch, dtype))
+    return x.numpy()
+
+
+def _numpy_to_torch(x: Any, dtype: str) -> Any:
+    import torch
+
+    if not x.flags.writeable or any(stride < 0 for stride in x.strides):
+        # torch has no read-only tensors and no negative strides: one copy.
+        x = np.array(x, dtype=dtype if dtype != "bfloat16" else None)
+    return torch.from_numpy(x)
+
+
+def _numpy_result_to_torch(y: Any) -> Any:
+    if not y.flags.writeable:
+        y = y.copy()
+    return _torch().from_numpy(y)
+
+
+def _torch_result_to_numpy(y: Any) -> np.ndarray:
+    if y.requires_grad:
+        y = y.detach()
+    return y.numpy()
+
+
+# --- torch <-> cupy, on CUDA -----------------------------------------------------------------------
+
+
+def _torch_to_cupy(x: Any, dtype: str) -> Any:
+    import cupy
+
+    _require_strided(x)
+    if x.requires_grad:
+        x = x.detach()
+    if dtype_name(x.dtype) == "bfloat16":  # cupy's kernels take no bfloat16: one conversion, by torch
+        import torch
+
+        x = x.to(getattr(torch, dtype))
+    return cupy.from_dlpack(x)
+
+
+def _cupy_to_torch(x: Any, dtype: str) -> Any:
+    import torch
+
+    return torch.from_dlpack(x)
+
+
+def _torch_result_to_cupy(y: Any) -> Any:
+    import cupy
+
+    if y.requires_grad:
+        y = y.detach()
+    return cupy.from_dlpack(y)
+
+
+def _cupy_result_to_torch(y: Any) -> Any:
+    import torch
+
+    return torch.from_dlpack(y)
+
+
+_BRIDGES: dict[tuple[str, str, str], Bridge] = {
+    (bridge.source, bridge.device, bridge.target): bridge
+    for bridge in (
+        Bridge("torch", "cpu", "numpy", _torch_to_numpy, _numpy_result_to_torch),
+        Bridge("numpy", "cpu", "torch", _numpy_to_torch, _torch_result_to_numpy),
+        Bridge("torch", "cuda", "cupy", _torch_to_cupy, _cupy_result_to_torch),
+        Bridge("cupy", "cuda", "torch", _cupy_to_torch, _torch_result_to_cupy),
+    )
+}
+
+
+# --- parameters ------------------------------------------------------------------------------------
+
+_bridged_params: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def params_device(params: Any) -> str:
+    """The device type the parameters' arrays live on."""
+    return array_device(params.w_in, params.array_type)
+
+
+def bridged_params(params: Any, bridge: Bridge) -> Any:
+    """``params`` as :class:`~fffcore.FFFParams` of ``bridge.target`` arrays sharing their memory, cached.
+
+    Built once per parameters object and target, and kept as long as the
+    parameters live. bfloat16 parameters cannot cross into numpy or cupy:
+    the caller's capability checks reject them before this is reached.
+    """
+    per_target = _bridged_params.get(params)
+    if per_target is not None:
+        found = per_target.get(bridge.target)
+        if found is not None:
+            return found
+    from fffcore.params import FFFParams
+
+    arrays = [
+        None if a is None else bridge.to_target(a, params.dtype) for a in (params.w_in, params.b_in, params.w_out)
+    ]
+    converted = FFFParams(arrays[0], arrays[1], arrays[2], params.activation)
+    _bridged_params.setdefault(params, {})[bridge.target] = converted
+    return converted
+
+
+def forget_bridged_params() -> None:
+    """Drop every cached conversion of parameters (for tests)."""
+    _bridged_params.clear()
+
+
+__all__ = [
+    "Bridge",
+    "array_device",
+    "array_type",
+    "bridged_params",
+    "describe_device",
+    "find_bridge",
+    "params_device",
+]
