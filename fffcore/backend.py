@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -105,3 +106,16 @@ class Backend:
             (B, d_out) array in ``params.dtype``, in the input's array type and on its device.
         """
         raise NotImplementedError(f"backend {self.name!r} does not implement fff")
+
+    def prepare_fff(self, params: FFFParams) -> Callable[[Any, FFFParams], Any] | None:
+        """Optional: a function ``(x, params) -> y`` doing what :meth:`fff` does, for these parameters.
+
+        fffcore asks once per parameters object (and array type and device of ``x``) and keeps
+        the answer as long as the parameters live, then calls it instead of :meth:`fff`, with
+        the same arguments and the same checks made beforehand. A backend whose per-call
+        set-up (looking up arguments derived from the parameters, choosing a kernel) is a
+        noticeable share of a small call can do that set-up here once. The function must not
+        keep a reference to ``params`` itself (it gets them on every call), or the parameters
+        would never be freed. None, the default, means: call :meth:`fff`.
+        """
+        return None

@@ -106,6 +106,12 @@ def _require_strided(x: Any) -> None:
 
 
 def _torch_to_numpy(x: Any, dtype: str) -> np.ndarray:
+    try:
+        # The common case first: a dense CPU tensor of a numpy dtype that needs no gradient.
+        # Tensor.numpy() refuses everything else, which the slower path below then sorts out.
+        return x.numpy()
+    except (RuntimeError, TypeError):
+        pass
     torch = _torch()
     if x.layout is not torch.strided:
         raise TypeError(f"x: expected a dense (strided) torch tensor, got layout {x.layout}")

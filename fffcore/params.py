@@ -48,6 +48,9 @@ class FFFParams:
     d_in: int = field(init=False)
     d_out: int = field(init=False)
     dtype: str = field(init=False)
+    #: fffcore's dispatch decisions for these parameters (see ``fffcore.api.dispatch_for``): kept on
+    #: the object itself so they die with it and cost one attribute read to find.
+    _dispatches: dict[Any, Any] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         w_in = _as_array(self.w_in, "w_in")

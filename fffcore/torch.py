@@ -104,7 +104,7 @@ class FFFInference(torch.nn.Module):
         self.activation = params.activation
         self.backend = backend
         self._params: FFFParams | None = None
-        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._stamp: tuple[int, ...] = ()
 
     def params(self) -> FFFParams:
         """The current buffers as :class:`FFFParams`, rebuilt only after they were replaced or written.
@@ -113,10 +113,11 @@ class FFFInference(torch.nn.Module):
         bumps each tensor's version counter. Either way a new ``FFFParams`` is built, so
         backends never use conversions cached for the old weights.
         """
-        buffers = (self.w_in, self.b_in, self.w_out)
-        stamp = tuple((id(t), t._version) for t in buffers if t is not None)
+        buffers = self._buffers  # read directly: Module.__getattr__ costs a microsecond per call here
+        w_in, b_in, w_out = buffers["w_in"], buffers["b_in"], buffers["w_out"]
+        stamp = (id(w_in), w_in._version, id(b_in), 0 if b_in is None else b_in._version, id(w_out), w_out._version)
         if self._params is None or self._stamp != stamp:
-            self._params = FFFParams(self.w_in, self.b_in, self.w_out, self.activation)
+            self._params = FFFParams(w_in, b_in, w_out, self.activation)
             self._stamp = stamp
         return self._params
 
@@ -152,7 +153,8 @@ class FFFInference(torch.nn.Module):
 
 def _recording(x: torch.Tensor) -> bool:
     """Whether torch is tracing or compiling this call (fake and functional tensors are subclasses)."""
-    return type(x) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    # is_compiling first: torch.compile folds it to True, and cannot trace the tracer's own flag.
+    return type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch._C._is_tracing()
 
 
 def _torch_dtype(dtype: Any) -> Any:

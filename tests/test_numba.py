@@ -27,7 +27,7 @@ from fffcore.spec import ACTIVATIONS
 pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'fffcore[numba]'")
 
 # Imports numba, so only after the importorskip above.
-from fffcore.backends.numba.kernels import DEFAULT_BLOCK, PARALLEL_MIN_ROWS
+from fffcore.backends.numba.kernels import DEFAULT_BLOCK, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
 
 #: Batches that reach the parallel kernel, and ones that the serial kernel cuts into several blocks.
 PARALLEL_ROWS = PARALLEL_MIN_ROWS + 37
@@ -61,7 +61,7 @@ def integer_layer(rng, d_in, d_out, depth, trees, dtype, activation, bias=True) 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ["identity", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("rows", [0, 1, 5, SERIAL_BLOCKED_ROWS, PARALLEL_ROWS])
+@pytest.mark.parametrize("rows", [0, 1, SMALL_MAX_ROWS, SMALL_MAX_ROWS + 1, SERIAL_BLOCKED_ROWS, PARALLEL_ROWS])
 def test_exact_on_integer_inputs(dtype, activation, bias, rows):
     # |logit| <= 9 * 3 * 4 + 5 and |y| <= 2 trees * 4 levels * 113 * 3: far below 2**24,
     # so every partial sum is exact in float32 and any summation order gives the same bits.
@@ -116,7 +116,13 @@ def check_against_oracle(x, params, logits, nodes, y):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize(
     ("rows", "trees", "depth", "bias"),
-    [(1, 1, 0, True), (7, 3, 4, False), (SERIAL_BLOCKED_ROWS, 2, 6, True), (PARALLEL_ROWS, 2, 6, True)],
+    [
+        (1, 1, 0, True),
+        (SMALL_MAX_ROWS, 3, 6, False),  # the row-by-row kernel
+        (7, 3, 4, False),
+        (SERIAL_BLOCKED_ROWS, 2, 6, True),
+        (PARALLEL_ROWS, 2, 6, True),
+    ],
 )
 def test_random_layers_within_derived_bounds(dtype, activation, rows, trees, depth, bias):
     params = FFFParams.random(24, 10, depth, trees, bias=bias, activation=activation, dtype=dtype, seed=rows)
@@ -154,6 +160,34 @@ def test_special_values_match_the_reference(dtype, activation):
     np.testing.assert_array_equal(result.logits, expected.logits)  # NaN == NaN position-wise
     expected_y = fffcore.fff(x, params, backend="reference")
     np.testing.assert_allclose(fffcore.fff(x, params, backend="numba"), expected_y, rtol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_special_values_one_row_at_a_time(dtype, activation):
+    # The same rows as above, each alone, so each goes through the row-by-row kernel.
+    params = FFFParams(np.ones((1, 3, 1), dtype), np.zeros((1, 3), dtype), np.full((1, 3, 2), 0.5, dtype), activation)
+    for value in (np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0):
+        x = np.array([[value]], dtype)
+        expected = fffcore.cmm(x, params, backend="reference")
+        result = fffcore.cmm(x, params, backend="numba")
+        np.testing.assert_array_equal(result.nodes, expected.nodes)
+        np.testing.assert_array_equal(result.logits, expected.logits)
+        expected_y = fffcore.fff(x, params, backend="reference")
+        y = fffcore.fff(x, params, backend="numba")
+        np.testing.assert_allclose(y, expected_y, rtol=4 * np.finfo(dtype).eps)
+
+
+def test_small_calls_on_strided_or_other_dtype_rows_take_the_general_path():
+    params = FFFParams.random(8, 3, 3, 2, seed=6, dtype="float32")
+    wide = np.random.default_rng(7).standard_normal((2, 16))
+    for x in (wide[:, ::2], wide[:, :8], wide[:, :8].astype(np.float32)[::-1]):
+        before = x.copy()
+        y = fffcore.fff(x, params, backend="numba")
+        np.testing.assert_array_equal(x, before)
+        rows = np.ascontiguousarray(x, dtype=np.float32)
+        logits, nodes = fffcore.cmm(rows, params, backend="numba")
+        check_against_oracle(rows, params, logits, nodes, y)
 
 
 def test_non_contiguous_and_other_dtype_inputs_are_converted_without_writes():
@@ -236,10 +270,10 @@ def test_import_fffcore_does_not_import_numba_and_listing_checks_it_loads():
 
 
 def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numba_num_threads():
-    # Both the serial kernel (the first 10 rows) and the parallel one (all of them).
+    # The row-by-row kernels (2 rows), the serial one (the first 10 rows) and the parallel one (all).
     params = FFFParams.random(16, 4, 3, 1, seed=10)
     x = np.random.default_rng(11).standard_normal((PARALLEL_ROWS, 16)).astype(np.float32)
-    for rows in (x[:10], x):
+    for rows in (x[:2], x[:10], x):
         fffcore.fff(rows, params, backend="numba")  # compiles here (or loads) and fills the cache
         fffcore.cmm(rows, params, backend="numba")
     seen = run_fresh(
@@ -248,6 +282,8 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
         from fffcore.backends.numba import kernels
         params = fffcore.FFFParams.random(16, 4, 3, 1, seed=10)
         x = np.random.default_rng(11).standard_normal((ROWS, 16)).astype(np.float32)
+        fffcore.fff(x[:2], params, backend="numba")
+        fffcore.cmm(x[:2], params, backend="numba")
         fffcore.fff(x[:10], params, backend="numba")
         fffcore.cmm(x[:10], params, backend="numba")
         y = fffcore.fff(x, params, backend="numba")
@@ -258,5 +294,5 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
         NUMBA_NUM_THREADS="1",
     )
     assert seen["threads"] == 1
-    assert seen["misses"] == 0 and seen["hits"] == 4  # fff and cmm, serial and parallel
+    assert seen["misses"] == 0 and seen["hits"] == 6  # fff and cmm: row by row, serial and parallel
     np.testing.assert_array_equal(np.asarray(seen["y"], np.float32), fffcore.fff(x, params, backend="numba"))

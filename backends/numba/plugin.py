@@ -66,6 +66,11 @@ class NumbaBackend(Backend):
 
         return fff_rows(x, params)
 
+    def prepare_fff(self, params: FFFParams) -> Any:
+        from fffcore.backends.numba.calls import prepare_fff_rows
+
+        return prepare_fff_rows(params)
+
 
 @hookimpl
 def register_backends(register: Any) -> None:
