@@ -149,14 +149,43 @@ def _torch_result_to_numpy(y: Any) -> np.ndarray:
 def _torch_to_cupy(x: Any, dtype: str) -> Any:
     import cupy
 
+    torch = _torch()
     _require_strided(x)
     if x.requires_grad:
         x = x.detach()
-    if dtype_name(x.dtype) == "bfloat16":  # cupy's kernels take no bfloat16: one conversion, by torch
-        import torch
-
+    if x.dtype is torch.bfloat16:  # cupy's kernels take no bfloat16: one conversion, by torch
         x = x.to(getattr(torch, dtype))
+    if _current_stream(torch, x.device.index) == 0:
+        return _cupy_view_of(cupy, x)
+    # On another stream than the default one, DLPack's exchange orders cupy's work after torch's.
     return cupy.from_dlpack(x)
+
+
+def _current_stream(torch: Any, device_index: int) -> int:
+    """The address of torch's current CUDA stream on a device (0: the default stream)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # a plain integer, no Stream object
+    if raw is not None:
+        return int(raw(device_index))
+    return int(torch.cuda.current_stream(device_index).cuda_stream)
+
+
+def _cupy_view_of(cupy: Any, x: Any) -> Any:
+    """A cupy array over a CUDA tensor's memory, built from its address, shape and strides.
+
+    Only for tensors of torch's default stream, which is also cupy's: work on one stream runs
+    in order, so no synchronisation is needed. Measured on an H200, this costs a few
+    microseconds where DLPack's exchange, which negotiates streams, costs tens.
+    """
+    itemsize = x.element_size()
+    shape = tuple(x.shape)
+    strides = tuple(stride * itemsize for stride in x.stride())
+    dtype = dtype_name(x.dtype)
+    if x.numel() == 0:
+        with cupy.cuda.Device(x.device.index):
+            return cupy.empty(shape, dtype)
+    extent = itemsize * (1 + sum((size - 1) * stride for size, stride in zip(shape, x.stride(), strict=True)))
+    memory = cupy.cuda.UnownedMemory(x.data_ptr(), extent, x, x.device.index)
+    return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(memory, 0), strides)
 
 
 def _cupy_to_torch(x: Any, dtype: str) -> Any:

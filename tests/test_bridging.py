@@ -244,6 +244,27 @@ def test_cuda_tensors_reach_cupy_without_a_host_copy(monkeypatch):
 
 
 @cuda
+def test_strided_empty_and_side_stream_cuda_tensors_reach_cupy_correctly():
+    if not _cupy_available():
+        pytest.skip("the cupy backend is not available here")
+    from fffcore.torch import to_torch
+
+    params = to_torch(PARAMS, "cuda")
+    wide = torch.randn(64, 12, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # not the default stream: DLPack's exchange orders the work
+        on_side = fffcore.fff(2 * wide[:32, :6], params)
+    side.synchronize()
+    for x, y in ((wide[:, ::2], fffcore.fff(wide[:, ::2], params)), (2 * wide[:32, :6], on_side)):
+        expected = fffcore.fff(x.cpu().numpy(), PARAMS, backend="reference")
+        # float32 logits of 6 terms and a 4-level tree sum: far inside 1e-5 of values of order 1.
+        np.testing.assert_allclose(y.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
+    empty = fffcore.fff(torch.empty(0, 6, device="cuda"), params)
+    assert empty.shape == (0, 4) and empty.device.type == "cuda"
+
+
+@cuda
 def test_cuda_tensors_on_a_cpu_backend_are_a_type_error():
     x = torch.randn(2, 6, device="cuda")
     with pytest.raises(

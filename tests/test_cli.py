@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,18 @@ def test_backends_lists_status_reason_and_fix(use_registry, capsys):
     assert "off        unavailable" in out
     assert "why: fakelib is not installed" in out
     assert "fix: pip install fakelib" in out
+
+
+def test_backends_shows_the_automatic_choice_for_typical_inputs(use_registry, capsys, monkeypatch):
+    monkeypatch.delenv("FFFCORE_BACKEND", raising=False)
+    cpu = FakeBackend("cpu_fast", priority=1000)
+    use_registry(("fast", plugin_with(cpu)))
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("automatic choice (no backend named):")[1].strip().splitlines()
+    choices = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in listed)
+    assert choices["numpy arrays, float32 layer"] == "cpu_fast"
+    assert choices["torch CPU tensors, float32 layer"] == "cpu_fast"  # through the zero-copy bridge
 
 
 def test_backends_json(use_registry, capsys):
