@@ -117,6 +117,20 @@ class FFFParams:
             f"activation={self.activation!r}, array_type={self.array_type!r})"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The dispatch decisions hold compiled kernels and closures, which do not pickle and
+        # belong to this process anyway: a copy sent elsewhere decides again.
+        state = dict(self.__dict__)
+        state["_dispatches"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            if isinstance(value, np.ndarray) and value.flags.writeable:  # unpickled arrays come back writable
+                value = value.view()
+                value.flags.writeable = False
+            object.__setattr__(self, name, value)
+
     @property
     def has_bias(self) -> bool:
         return self.b_in is not None

@@ -92,3 +92,16 @@ def test_numbas_prepared_call_keeps_no_parameters_alive():
     del params
     gc.collect()
     assert alive() is None
+
+
+def test_parameters_pickle_after_calls_without_their_dispatch_decisions(preparing):
+    import pickle
+
+    params = FFFParams.random(4, 2, 2, seed=0)
+    fffcore.fff(X, params)
+    assert params._dispatches  # a decision with a closure in it, which cannot pickle
+    copy = pickle.loads(pickle.dumps(params))
+    assert copy._dispatches == {}
+    np.testing.assert_array_equal(copy.w_in, params.w_in)
+    assert not copy.w_in.flags.writeable and not copy.w_out.flags.writeable  # read-only, as built
+    np.testing.assert_array_equal(fffcore.fff(X, copy), fffcore.fff(X, params))
