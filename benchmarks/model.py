@@ -330,14 +330,14 @@ def masked_module(params: FFFParams) -> Any:
     """UltraFastBERT's masking FFF (benchmarks/masking.py) holding ``params``' weights, in float64.
 
     Its forward is the dense masked evaluation: all K*N logits in one product, a 0/1 mask of the
-    visited nodes, gelu(logits) * mask, then the dense output product.
+    visited nodes, act(logits) * mask, then the dense output product.
     """
     from fffcore.benchmarks.masking import make_masking_fff_module
     from fffcore.ultrafastbert import state_dict_from_params
 
-    # Only a non-default activation is passed on: older versions of the stand-in know gelu alone.
-    extra = {} if params.activation == "gelu" else {"activation": params.activation}
-    module = make_masking_fff_module(params.d_in, params.d_out, params.depth, params.trees, **extra)
+    module = make_masking_fff_module(
+        params.d_in, params.d_out, params.depth, params.trees, activation=params.activation
+    )
     module.load_state_dict(state_dict_from_params(params, as_torch=True))
     return module.double().eval()
 
@@ -537,15 +537,9 @@ def check_variant(
 
 
 def resolved_backend_name(x: Any, params: FFFParams) -> str | None:
-    """The backend the automatic choice gives for ``x``, where fffcore says so (``fffcore.resolve_backend``).
-
-    None where this fffcore has no ``resolve_backend``.
-    """
-    resolve = getattr(fffcore, "resolve_backend", None)
-    if resolve is None:
-        return None
+    """The backend the automatic choice gives for ``x`` (:func:`fffcore.resolve_backend`)."""
     try:
-        return str(resolve(x, params).name)
+        return str(fffcore.resolve_backend(x, params).name)
     except Exception as error:  # a diagnostic only: never let it fail the benchmark
         return f"unknown ({type(error).__name__}: {error})"
 
