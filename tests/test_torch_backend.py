@@ -477,3 +477,31 @@ def params_numpy(params: FFFParams) -> FFFParams:
     """numpy copies of torch parameters, for the reference."""
     b_in = None if params.b_in is None else params.b_in.numpy()
     return FFFParams(params.w_in.numpy(), b_in, params.w_out.numpy(), params.activation)
+
+
+@cuda
+def test_tf32_enabled_by_the_user_changes_no_branch_on_cuda(monkeypatch):
+    from fffcore.torch import to_torch
+
+    # The root's logit is 768 * (1 + 2**-12) - 768 = 0.1875 exactly: right, far outside float32's
+    # rounding band (gamma_769 * 768.2, about 0.035). TF32 keeps 10 mantissa bits, so it reads each
+    # x_i as 1.0, the logit as 0, and sends every row left: every rounding error has one sign here,
+    # unlike random data, where they cancel and stay inside the band.
+    numpy_params = FFFParams.random(768, 8, 3, seed=3)
+    w_in, b_in = numpy_params.w_in.copy(), numpy_params.b_in.copy()
+    w_in[0, 0, :], b_in[0, 0] = 1.0, -768.0
+    params = to_torch(FFFParams(w_in, b_in, numpy_params.w_out), "cuda")
+    x = torch.full((64, 768), 1 + 2**-12, device="cuda")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 for float32 matrix products, as users set it
+    try:
+        nodes = fffcore.cmm(x, params, backend="torch").nodes
+        with monkeypatch.context() as patch:  # the plain product, without the guard
+            patch.setattr(kernels, "_matmul", lambda product, a, b: product(a, b))
+            unguarded = fffcore.cmm(x, params, backend="torch").nodes
+    finally:
+        torch.set_float32_matmul_precision(before)
+    if (unguarded[:, 0, 1] == 2).all():
+        pytest.skip("this GPU does not round float32 products to TF32, so nothing is tested")
+    assert (unguarded[:, 0, 1] == 1).all()  # what TF32 does to an unguarded product
+    assert (nodes[:, 0, 1] == 2).all()  # the backend's own product is not coarsened

@@ -29,6 +29,7 @@ handled together as (row, tree) *items*, so K trees cost one pass, not K.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from fffcore.backends.torch.activations import activate
@@ -99,18 +100,27 @@ def descend(x: Any, layer: TorchLayer, logits: Any, nodes: Any) -> None:
 
 
 def _matmul(product: Any, a: Any, b: Any) -> Any:
-    """``product(a, b)`` (``torch.mm`` or ``torch.bmm``), in float32 for 16-bit floats on the CPU.
+    """``product(a, b)`` (``torch.mm`` or ``torch.bmm``) in a dtype whose products no global setting can coarsen.
 
-    The CPU kernels for 16-bit matrix products can return NaN where the exact product is
-    infinite (seen with bfloat16 in torch 2.13: an inf in a row of x came out NaN once the
-    product had several rows), so on the CPU they run in float32, which holds every 16-bit
-    value exactly, and the result is rounded once to the 16-bit type: one extra rounding,
-    as when any backend accumulates in a wider type.
+    16-bit floats run in float32, which holds every 16-bit value exactly, and the result is
+    rounded once to the 16-bit type (one extra rounding, as when any backend accumulates in a
+    wider type): on the CPU, torch's 16-bit kernels can return NaN where the exact product is
+    infinite (seen with bfloat16 in torch 2.13); on CUDA, cuBLAS may reduce 16-bit products in
+    16 bits (``allow_fp16_reduced_precision_reduction``, on by default), wider than the
+    float32 accumulation this backend declares. TF32, if a user enables it, cannot round
+    16-bit values: its 10-bit mantissa holds them.
+
+    float32 on CUDA runs in float64: with TF32 enabled (``torch.backends.cuda.matmul.allow_tf32``
+    or ``torch.set_float32_matmul_precision('high')``), cuBLAS rounds float32 inputs to 10-bit
+    mantissas, which moves logits by about 1e-3 of their scale and sends rows down the wrong
+    branch. Turning the global setting off and on around each product would race with other
+    threads' work; float64, never rounded to TF32, gives logits at least as exact as float32.
     """
-    import torch
-
-    if a.device.type == "cpu" and a.dtype in (torch.float16, torch.bfloat16):
+    torch = sys.modules["torch"]
+    if a.dtype in (torch.float16, torch.bfloat16):
         return product(a.float(), b.float()).to(a.dtype)
+    if a.dtype is torch.float32 and a.device.type == "cuda":
+        return product(a.double(), b.double()).float()
     return product(a, b)
 
 
