@@ -115,6 +115,10 @@ class FFFInference(torch.nn.Module):
         """
         buffers = self._buffers  # read directly: Module.__getattr__ costs a microsecond per call here
         w_in, b_in, w_out = buffers["w_in"], buffers["b_in"], buffers["w_out"]
+        if w_in.is_inference():
+            # Made under torch.inference_mode: such tensors keep no version counter, so writes
+            # to them cannot be noticed, and the parameters are built anew on every call.
+            return FFFParams(w_in, b_in, w_out, self.activation)
         stamp = (id(w_in), w_in._version, id(b_in), 0 if b_in is None else b_in._version, id(w_out), w_out._version)
         if self._params is None or self._stamp != stamp:
             self._params = FFFParams(w_in, b_in, w_out, self.activation)

@@ -132,3 +132,14 @@ def test_module_with_a_numpy_only_backend_rejects_bfloat16_clearly():
         block(torch.randn(2, 6))
     with pytest.raises(TypeError, match=r"x: expected a torch\.Tensor"):
         block(np.zeros((2, 6), np.float32))
+
+
+def test_a_module_built_under_inference_mode_works_and_sees_writes():
+    params = FFFParams.random(6, 3, 3, seed=4)
+    x = torch.randn(5, 6)
+    expected = torch.from_numpy(fffcore.fff(x.numpy(), params, backend="reference"))
+    with torch.inference_mode():
+        block = FFFInference(params)  # its buffers are inference tensors, which keep no version counter
+        torch.testing.assert_close(block(x), expected)
+        block.w_out.mul_(2)  # allowed in inference mode, and not tracked: the module must not cache
+        torch.testing.assert_close(block(x), 2 * expected)
