@@ -206,13 +206,19 @@ class FFFParams:
 
 
 def _as_array(value: Any, name: str) -> Any:
-    """numpy arrays become read-only contiguous views; other array types pass through."""
+    """numpy arrays become read-only, contiguous, native-byte-order views; other array types pass through.
+
+    A non-native byte order (``astype('>f4')`` on a little-endian machine) is converted once,
+    here: compiled kernels read memory in the machine's order and would compute garbage.
+    """
     if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.ndarray):
         return value
     try:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
         raise TypeError(f"{name}: expected an array, got {type(value).__name__}: {error}") from error
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     array = np.ascontiguousarray(array)
     view = array.view()
     view.flags.writeable = False

@@ -154,3 +154,23 @@ def test_cpu_tensor_parameters_reach_a_numpy_backend_as_views():
     np.testing.assert_array_equal(
         fffcore.fff(x, params, backend="reference"), fffcore.fff(x, numpy_params, backend="reference")
     )
+
+
+@pytest.mark.parametrize(
+    "backend", [row.name for row in fffcore.list_backends() if row.available and "cpu" in row.devices]
+)
+def test_non_native_byte_order_is_converted_once_and_computes_the_same(backend):
+    native = FFFParams.random(16, 8, 3, seed=0)
+    swapped_order = FFFParams(
+        *(np.asarray(a).astype(a.dtype.newbyteorder()) for a in (native.w_in, native.b_in, native.w_out))
+    )
+    assert swapped_order.dtype == "float32"
+    assert all(
+        a.dtype.isnative and not a.flags.writeable
+        for a in (swapped_order.w_in, swapped_order.b_in, swapped_order.w_out)
+    )
+    x = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
+    for rows in (x, x[:1], x.astype(x.dtype.newbyteorder())):  # big batch, one row, and x itself swapped
+        np.testing.assert_array_equal(
+            fffcore.fff(rows, swapped_order, backend=backend), fffcore.fff(x[: len(rows)], native, backend=backend)
+        )
