@@ -324,6 +324,8 @@ class Property:
     check: Callable[[Target, Case], None]
     strategy: Callable[[Target], Any]
     budget: float = 1.0
+    #: How its cases draw values (:data:`fffcore.conformance.deep.STYLES`), for its fixed deep cases.
+    style: str = "general"
 
     @property
     def description(self) -> str:
@@ -364,10 +366,10 @@ PROPERTIES: tuple[Property, ...] = (
     Property("valid_paths", valid_paths, _general),
     Property("logits_along_path", logits_along_path, _general),
     Property("output_along_path", output_along_path, _general),
-    Property("exact_ties_and_sums", exact_ties_and_sums, _exact),
-    Property("nan_and_infinity", nan_and_infinity, _specials),
-    Property("invalid_inputs", invalid_inputs, _small, 0.25),
-    Property("thread_safety", thread_safety, _small, 0.25),
+    Property("exact_ties_and_sums", exact_ties_and_sums, _exact, style="exact"),
+    Property("nan_and_infinity", nan_and_infinity, _specials, style="specials"),
+    Property("invalid_inputs", invalid_inputs, _small, 0.25, style="small"),
+    Property("thread_safety", thread_safety, _small, 0.25, style="small"),
 )
 
 PROPERTY_NAMES: tuple[str, ...] = tuple(p.name for p in PROPERTIES)

@@ -107,6 +107,19 @@ def run_property(prop: Property, target: Target, *, max_examples: int, seed: int
     except Exception as error:  # Hypothesis' own complaints: flaky failures, unsatisfiable strategies
         message = f"{prop.name}: Hypothesis stopped with {type(error).__name__}: {error}"
         return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
+    # Then the fixed deep cases, in every run. After the drawn ones, so that a bug the drawn cases
+    # find is reported on the small example Hypothesis shrinks it to; a deep case fails only for a
+    # bug that needs deep levels, and is reported as it is.
+    from fffcore.conformance.deep import deep_cases
+
+    for case in deep_cases(target, prop.style, seed):
+        ran += 1
+        try:
+            prop.check(target, case)
+        except Exception as error:
+            text = str(error) if isinstance(error, PropertyFailure) else f"{type(error).__name__}: {error}"
+            message = failure_report(prop, target, case, text, seed=seed, max_examples=max_examples)
+            return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
     return PropertyResult(prop.name, "pass", ran, time.perf_counter() - start)
 
 

@@ -86,6 +86,17 @@ class LevelSkipped(ReferenceBackend):
         return y - fff_output(logits[:, :, -1:], nodes[:, :, -1:], params.w_out, params.activation)
 
 
+class DeepLevelsDropped(ReferenceBackend):
+    """The tree sum leaves out levels 9 and deeper (as a kernel whose tables stop at 512 nodes would)."""
+
+    name = "broken-deep-levels"
+
+    def fff(self, x, params):
+        logits, nodes = self.cmm(x, params)
+        kept = min(9, params.depth + 1)
+        return fff_output(logits[:, :, :kept], nodes[:, :, :kept], params.w_out, params.activation)
+
+
 class ExtraLevel(ReferenceBackend):
     """The tree sum counts one level too many (the root twice, a classic range off-by-one)."""
 
@@ -163,6 +174,7 @@ BROKEN_BACKENDS = (
     ChildOffByOne,
     BiasIgnored,
     LevelSkipped,
+    DeepLevelsDropped,
     ExtraLevel,
     TreesNotSummed,
     RowsSwapped,
@@ -177,6 +189,7 @@ EXPECTED_FAILURES = {
     "broken-child-index": "valid_paths",
     "broken-no-bias": "logits_along_path",
     "broken-level-skipped": "output_along_path",
+    "broken-deep-levels": "output_along_path",
     "broken-extra-level": "output_along_path",
     "broken-trees-not-summed": "output_along_path",
     "broken-rows-swapped": "logits_along_path",

@@ -51,6 +51,28 @@ def test_broken_backend_fails_its_property(name, broken_registry):
         reproduce(name, property_name, case)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_a_bug_confined_to_deep_levels_fails_on_every_seed(seed, broken_registry):
+    # The strategies draw depth 11 once in 16 draws; the fixed deep cases (depth 10) run in every run.
+    result = run_property(
+        get_property("output_along_path"), resolve_target("broken-deep-levels"), max_examples=100, seed=seed
+    )
+    assert result.status == "fail", f"broken-deep-levels passed output_along_path with seed {seed}"
+    depth = int(result.message.split("depth=", 1)[1].split(",", 1)[0])
+    assert depth >= 9, result.message  # a fixed deep case, or a drawn deep one shrunk no further than it can go
+
+
+def test_deep_cases_cover_every_combination_at_depth_ten():
+    from fffcore.conformance.deep import DEEP_DEPTH, deep_cases
+
+    target = resolve_target("reference")
+    for style in ("general", "exact", "specials", "small"):
+        cases = deep_cases(target, style, seed=3)
+        assert {(c.layer.dtype, c.array_type) for c in cases} == set(target.combinations)
+        assert all(c.layer.depth == DEEP_DEPTH >= 9 for c in cases)
+    assert deep_cases(target, "general", 1) != deep_cases(target, "general", 2)  # the seed still varies them
+
+
 def test_minimal_example_is_small(broken_registry):
     """Shrinking works: the tie bug is shown on a tiny layer (depth 1: one branch) whose arrays are printed in full."""
     result = run_property(
