@@ -1,4 +1,4 @@
-"""Deep layers in every run: fixed cases at depth >= 9 that each property checks before its drawn ones.
+"""Fixed cases in every run: deep layers for every property, batches around each declared threshold.
 
 The strategies draw a depth-11 layer once in 16 draws, so a backend that is wrong only in its
 deep levels (a second kernel past some level, a table that stops at 512 nodes) would pass many
@@ -6,6 +6,10 @@ runs. These cases run first, every time, whatever the seed: one per (dtype, arra
 run covers, each a layer of depth :data:`DEEP_DEPTH` with two trees, so that levels 9 and 10
 always exist. The seed still picks their weights and inputs, and the activation rotates through
 the backend's, so different runs still see different deep layers.
+
+The property ``large_batches`` also gets, in every run, batches of one row below, at and one
+row above each of the backend's ``batch_thresholds`` (:func:`threshold_cases`), where a backend
+switches kernels: a backend right below a threshold and wrong above it fails every run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ DEEP_D_IN = 24
 DEEP_D_OUT = 12
 
 #: How each property draws its values (see :data:`fffcore.conformance.properties.PROPERTIES`).
-STYLES = ("general", "exact", "specials", "small")
+STYLES = ("general", "exact", "specials", "small", "large")
+
+#: Layer of the threshold cases: deep (levels 0 to 9) and narrow, so that a thousand rows stay cheap.
+THRESHOLD_LAYER = {"d_in": 24, "d_out": 12, "depth": 9, "trees": 2}
 
 
 def deep_cases(target: Target, style: str, seed: int) -> list[Case]:
@@ -53,6 +60,62 @@ def deep_cases(target: Target, style: str, seed: int) -> list[Case]:
             exponent=1,
             force_ties=style == "exact",
         )
-        params_type = "numpy" if "numpy" in target.array_types else array_type
-        found.append(Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device, params_type))
+        found.append(_case(target, layer, spec, array_type))
     return found
+
+
+def threshold_cases(target: Target, thresholds: tuple[int, ...], seed: int) -> list[Case]:
+    """Batches of ``t - 1``, ``t`` and ``t + 1`` rows for each threshold ``t``, for each (dtype, array type)."""
+    sizes = sorted({size for t in thresholds for size in (t - 1, t, t + 1) if size >= 1})
+    found = []
+    for index, (dtype, array_type) in enumerate(target.combinations):
+        cap = target.max_d_in(dtype)
+        d_in = THRESHOLD_LAYER["d_in"] if cap is None else min(THRESHOLD_LAYER["d_in"], cap)
+        for size in sizes:
+            layer = LayerSpec(
+                d_in=d_in,
+                d_out=THRESHOLD_LAYER["d_out"],
+                depth=THRESHOLD_LAYER["depth"],
+                trees=THRESHOLD_LAYER["trees"],
+                activation=target.activations[(seed + size) % len(target.activations)],
+                dtype=dtype,
+                seed=(seed * 31 + size * 7 + index) % 2**32,
+            )
+            spec = InputSpec(
+                leading=(size,), values="normal", dtype=dtype, seed=(seed + size + index) % 2**32, exponent=1
+            )
+            found.append(_case(target, layer, spec, array_type))
+    return found
+
+
+def _case(target: Target, layer: LayerSpec, spec: InputSpec, array_type: str) -> Case:
+    params_type = "numpy" if "numpy" in target.array_types else array_type
+    return Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device, params_type)
+
+
+#: Sizes of the fixed large cases, one chosen by the run's seed: none a multiple of 64 or of 3.
+LARGE_FIXED_BATCHES = (4097, 8193, 6145, 2051)
+
+
+def large_fixed_cases(target: Target, seed: int) -> list[Case]:
+    """In every run: the paper's layer (width 768, depth 11, one tree) on a few thousand rows, and a
+    narrow layer on 8193, both in the first (dtype, array type) of the run (the drawn large cases
+    cover the rest, but a handful of draws may all be small)."""
+    dtype, array_type = target.combinations[0]
+    cap = target.max_d_in(dtype)
+    batch = LARGE_FIXED_BATCHES[seed % len(LARGE_FIXED_BATCHES)]
+    layers = [
+        LayerSpec(d_in=min(24, cap or 24), d_out=12, depth=9, trees=2, dtype=dtype, seed=(seed + 1) % 2**32),
+    ]
+    if cap is None or cap >= 768:
+        layers.insert(0, LayerSpec(d_in=768, d_out=768, depth=11, trees=1, dtype=dtype, seed=seed % 2**32))
+    sizes = [batch, 8193] if len(layers) == 2 else [8193]
+    return [
+        _case(
+            target,
+            layer,
+            InputSpec(leading=(size,), values="normal", dtype=dtype, seed=(seed + size) % 2**32, exponent=1),
+            array_type,
+        )
+        for layer, size in zip(layers, sizes, strict=True)
+    ]

@@ -185,6 +185,42 @@ def nan_and_infinity(target: Target, case: Case) -> None:
     checks.check_output(built, result.output, result.leading, accumulation)
 
 
+def large_batches(target: Target, case: Case) -> None:
+    """Large batches and batches at the backend's thresholds: paths, logits and outputs, on sampled rows."""
+    built = case.build()
+    result = call_backend(target, built)
+    checks.check_path_structure(result.nodes, case.layer.depth, result.leading)
+    rows = sample_rows(built.rows)
+    sample = replace(built, oracle_x=built.oracle_x[rows])
+    leading = (len(rows),)
+    accumulation = target.accumulation(case.layer.dtype)
+    logits, nodes = result.logits[rows], result.nodes[rows]
+    try:
+        oracle = checks.check_branches(sample, logits, nodes, leading, accumulation)
+        checks.check_logits(logits, oracle, leading, nodes)
+        checks.check_output(sample, result.output[rows], leading, accumulation)
+    except PropertyFailure as failure:
+        numbering = ", ".join(f"{k}: {row}" for k, row in enumerate(rows))
+        raise PropertyFailure(
+            f"{failure} [of a batch of {built.rows} rows, {len(rows)} were checked; their numbers in the batch, "
+            f"by position in the sample: {numbering}]"
+        ) from None
+
+
+def sample_rows(rows: int) -> np.ndarray:
+    """Rows of a batch that every way of splitting it has at a boundary: the first and last four,
+    both sides of every 64th row (block sizes that are powers of two up to 64 divide it), and the
+    ends of each part when the batch is split into 2, 3, 4, 6, 8 or 16 parts (threads)."""
+    chosen = set(range(min(rows, 4))) | set(range(max(0, rows - 4), rows))
+    for boundary in range(64, rows, 64):
+        chosen |= {boundary - 1, boundary}
+    for parts in (2, 3, 4, 6, 8, 16):
+        for part in range(1, parts):
+            boundary = rows * part // parts
+            chosen |= {boundary - 1, boundary}
+    return np.array(sorted(row for row in chosen if 0 <= row < rows), dtype=np.int64)
+
+
 #: Invalid calls, each made on the backend and on the reference: (name, how to break the call).
 INVALID_CALLS: tuple[str, ...] = (
     "wrong_width",
@@ -352,6 +388,12 @@ def _specials(target: Target) -> Any:
     return cases(target, values=st.just("specials"))
 
 
+def _large(target: Target) -> Any:
+    from fffcore.conformance.strategies import large_cases
+
+    return large_cases(target)
+
+
 def _small(target: Target) -> Any:
     from fffcore.conformance.strategies import cases
 
@@ -370,6 +412,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("nan_and_infinity", nan_and_infinity, _specials, style="specials"),
     Property("invalid_inputs", invalid_inputs, _small, 0.25, style="small"),
     Property("thread_safety", thread_safety, _small, 0.25, style="small"),
+    Property("large_batches", large_batches, _large, 0.05, style="large"),
 )
 
 PROPERTY_NAMES: tuple[str, ...] = tuple(p.name for p in PROPERTIES)

@@ -110,9 +110,12 @@ def run_property(prop: Property, target: Target, *, max_examples: int, seed: int
     # Then the fixed deep cases, in every run. After the drawn ones, so that a bug the drawn cases
     # find is reported on the small example Hypothesis shrinks it to; a deep case fails only for a
     # bug that needs deep levels, and is reported as it is.
-    from fffcore.conformance.deep import deep_cases
+    from fffcore.conformance.deep import deep_cases, large_fixed_cases, threshold_cases
 
-    for case in deep_cases(target, prop.style, seed):
+    fixed = deep_cases(target, prop.style, seed)
+    if prop.style == "large":
+        fixed += threshold_cases(target, target.batch_thresholds, seed) + large_fixed_cases(target, seed)
+    for case in fixed:
         ran += 1
         try:
             prop.check(target, case)

@@ -132,3 +132,41 @@ def _product(shape: tuple[int, ...]) -> int:
     for size in shape:
         result *= size
     return result
+
+
+#: Batch sizes of the drawn large cases besides the thresholds' neighbours: powers of two from
+#: 64 to 8192, one row either side, and sizes that are multiples of no common block size.
+LARGE_BATCHES: tuple[int, ...] = tuple(
+    sorted({size for k in range(6, 14) for size in (2**k - 1, 2**k, 2**k + 1)} | {1000, 3001, 5003})
+)
+
+
+@st.composite
+def large_cases(draw: st.DrawFn, target: Target) -> Case:
+    """A batch of 63 to 8193 rows (or next to one of the backend's thresholds), half of them on the
+    paper's layer (width 768, depth 11, one tree), the rest on a narrow layer of depth 9 and two trees."""
+    dtype, array_type = draw(st.sampled_from(target.combinations))
+    near = tuple(size for t in target.batch_thresholds for size in (t - 1, t, t + 1) if size >= 1)
+    batch = draw(st.sampled_from(tuple(sorted(set(LARGE_BATCHES) | set(near)))))
+    cap = target.max_d_in(dtype)
+    paper = (cap is None or cap >= 768) and draw(st.booleans())
+    layer = LayerSpec(
+        d_in=768 if paper else min(24, cap or 24),
+        d_out=768 if paper else 12,
+        depth=11 if paper else 9,
+        trees=1 if paper else 2,
+        bias=draw(st.booleans()),
+        activation=draw(st.sampled_from(target.activations)),
+        dtype=dtype,
+        seed=draw(SEEDS),
+    )
+    spec = InputSpec(
+        leading=(batch,),
+        values="normal",
+        layout=draw(st.sampled_from(LAYOUTS)),
+        dtype=dtype,
+        seed=draw(SEEDS),
+        exponent=1,
+    )
+    params_type = "numpy" if "numpy" in target.array_types else array_type
+    return Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device, params_type)

@@ -25,6 +25,8 @@ class Target:
         notes: capabilities declared but not exercised here, with the reason.
         accumulation_dtypes: the backend's ``Backend.accumulation_dtypes``: per parameters'
             dtype, the dtype its dot products and tree sums accumulate in (missing: the dtype itself).
+        batch_thresholds: the backend's ``Backend.batch_thresholds``: row counts where it
+            switches code paths, each checked just below, at and above.
         bridged_array_types: array types the backend does not take itself but gets from the
             core through a zero-copy bridge (:mod:`fffcore.bridging`); tested like its own, since
             that is how callers holding such arrays reach it.
@@ -39,6 +41,7 @@ class Target:
     notes: tuple[str, ...] = ()
     accumulation_dtypes: dict[str, str] = field(default_factory=dict)
     bridged_array_types: tuple[str, ...] = ()
+    batch_thresholds: tuple[int, ...] = ()
 
     def describe_array_types(self) -> str:
         """The array types tested, bridged ones marked, e.g. ``"numpy, torch (bridged)"``."""
@@ -147,6 +150,7 @@ def resolve_target(backend: str, *, device: str | None = None, dtypes: tuple[str
         notes=tuple(notes),
         accumulation_dtypes=accumulation,
         bridged_array_types=tuple(bridged),
+        batch_thresholds=_batch_thresholds(chosen, backend),
     )
 
 
@@ -171,3 +175,12 @@ def _version_of(backend: object) -> str:
         return str(backend.version())  # type: ignore[attr-defined]
     except Exception as error:
         return f"(version() raised {type(error).__name__})"
+
+
+def _batch_thresholds(backend: object, name: str) -> tuple[int, ...]:
+    """The backend's declared thresholds, checked: positive ints."""
+    declared = tuple(getattr(backend, "batch_thresholds", ()) or ())
+    for value in declared:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"batch_thresholds of backend {name!r}: expected positive ints, got {value!r}")
+    return declared

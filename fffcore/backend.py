@@ -53,6 +53,10 @@ class Backend:
             backend that computes 16-bit layers in float32 and rounds the
             results once to 16 bits. A missing key means the dtype itself. The
             conformance suite derives its rounding bands from it.
+        batch_thresholds: row counts from which the backend runs another code path
+            (another kernel, several blocks, several threads), e.g. ``(9, 65, 1024)``.
+            The conformance suite checks batches just below, at and just above each,
+            in every run.
 
     fffcore validates every call before it reaches ``cmm`` or ``fff``: the
     parameters are an :class:`fffcore.FFFParams` whose dtype and activation the
@@ -72,6 +76,7 @@ class Backend:
     priority: ClassVar[int] = 0
     install: ClassVar[str] = ""
     accumulation_dtypes: ClassVar[dict[str, str]] = {}
+    batch_thresholds: ClassVar[tuple[int, ...]] = ()
 
     def availability(self) -> Availability:
         """Whether the backend can run here. Must not raise; called at most once per process."""

@@ -97,6 +97,33 @@ class DeepLevelsDropped(ReferenceBackend):
         return fff_output(logits[:, :, :kept], nodes[:, :, :kept], params.w_out, params.activation)
 
 
+class WrongAboveThreshold(ReferenceBackend):
+    """Right up to 599 rows; from 600 (its declared threshold) a second code path leaves out the deepest level."""
+
+    name = "broken-above-threshold"
+    batch_thresholds = (600,)
+
+    def fff(self, x, params):
+        if x.shape[0] < 600:
+            return super().fff(x, params)
+        return LevelSkipped.fff(self, x, params)
+
+
+class WrongTail(ReferenceBackend):
+    """Blocks of 64 rows, and a last partial block that keeps the rows of the block before it."""
+
+    name = "broken-tail-block"
+
+    def fff(self, x, params):
+        y = super().fff(x, params)
+        rows = x.shape[0]
+        full = rows - rows % 64
+        if rows > 64 and full < rows:
+            y = y.copy()
+            y[full:] = y[full - 64 : full - 64 + rows - full]
+        return y
+
+
 class ExtraLevel(ReferenceBackend):
     """The tree sum counts one level too many (the root twice, a classic range off-by-one)."""
 
@@ -175,6 +202,8 @@ BROKEN_BACKENDS = (
     BiasIgnored,
     LevelSkipped,
     DeepLevelsDropped,
+    WrongAboveThreshold,
+    WrongTail,
     ExtraLevel,
     TreesNotSummed,
     RowsSwapped,
@@ -190,6 +219,8 @@ EXPECTED_FAILURES = {
     "broken-no-bias": "logits_along_path",
     "broken-level-skipped": "output_along_path",
     "broken-deep-levels": "output_along_path",
+    "broken-above-threshold": "large_batches",
+    "broken-tail-block": "large_batches",
     "broken-extra-level": "output_along_path",
     "broken-trees-not-summed": "output_along_path",
     "broken-rows-swapped": "logits_along_path",

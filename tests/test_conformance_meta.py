@@ -62,6 +62,23 @@ def test_a_bug_confined_to_deep_levels_fails_on_every_seed(seed, broken_registry
     assert depth >= 9, result.message  # a fixed deep case, or a drawn deep one shrunk no further than it can go
 
 
+@pytest.mark.parametrize("name", ["broken-above-threshold", "broken-tail-block"])
+@pytest.mark.parametrize("seed", range(10))
+def test_a_bug_confined_to_large_batches_fails_on_every_seed(name, seed, broken_registry):
+    result = run_property(get_property("large_batches"), resolve_target(name), max_examples=100, seed=seed)
+    assert result.status == "fail", f"{name} passed large_batches with seed {seed}"
+
+
+def test_sampled_rows_hold_every_block_and_share_boundary_and_the_last_rows():
+    from fffcore.conformance.properties import sample_rows
+
+    rows = sample_rows(1025)
+    assert {0, 1, 2, 3, 1021, 1022, 1023, 1024} <= set(rows)
+    assert {63, 64, 127, 128, 959, 960, 1023} <= set(rows)  # both sides of every 64th row
+    assert {511, 512, 340, 341} <= set(rows)  # halves and thirds of the batch
+    assert list(sample_rows(3)) == [0, 1, 2] and len(rows) < 1025 // 3
+
+
 def test_deep_cases_cover_every_combination_at_depth_ten():
     from fffcore.conformance.deep import DEEP_DEPTH, deep_cases
 

@@ -41,14 +41,14 @@ import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
 from fffcore.backends.numba.activations import activate
+from fffcore.backends.numba.sizes import DEFAULT_BLOCK, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
 
 #: LLVM fast-math flags that cannot change NaN/inf semantics or a comparison:
 #: no ``nnan``/``ninf`` (they would let LLVM assume ``logit > 0`` is never NaN).
 SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-#: Rows per block: 64 rows of x and of y at width 768 (2 x 192 KiB in float32)
-#: plus the block's weight rows stay in a 1.25 MiB L2 cache.
-DEFAULT_BLOCK = 64
+#: Rows per block (DEFAULT_BLOCK, 64): 64 rows of x and of y at width 768 (2 x 192 KiB in
+#: float32) plus the block's weight rows stay in a 1.25 MiB L2 cache.
 
 
 #: Below this many rows a call runs on the calling thread. A row costs a few
@@ -57,13 +57,12 @@ DEFAULT_BLOCK = 64
 #: against 1.7 ms serial) when other processes hold the cores, because every
 #: thread must reach the region's barrier. Medium batches gain little from a
 #: second thread and risk a lot, so they stay serial (benchmarks/NOTES.md).
-PARALLEL_MIN_ROWS = 1024
+#: (PARALLEL_MIN_ROWS, 1024.)
 
 #: Up to this many rows a call walks row by row (:func:`_fff_rows_small`): one compiled call with
 #: no blocks, sort or scratch arrays, which at a handful of rows cost more than the walk itself.
 #: Measured at width 768, depth 11, float32, a fresh input per call (2-core AMD EPYC): 2.4x
-#: faster than the blocked walk at 1 row, 1.3x at 8, even at 16.
-SMALL_MAX_ROWS = 8
+#: faster than the blocked walk at 1 row, 1.3x at 8, even at 16. (SMALL_MAX_ROWS, 8.)
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")

@@ -16,6 +16,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 from fffcore.backend import AVAILABLE, Availability, Backend
+from fffcore.backends.numba.sizes import DEFAULT_BLOCK, FIRST_SPLIT_ROWS, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
 from fffcore.hookspecs import hookimpl
 from fffcore.params import FFFParams
 from fffcore.registry import one_line
@@ -40,6 +41,9 @@ class NumbaBackend(Backend):
     dtypes = ("float32", "float64")
     priority = 100
     install = INSTALL
+    # The row-by-row kernel up to 8 rows, one block up to 64, a top stage and a sort from 91,
+    # every thread from 1024 (backends/numba/sizes.py).
+    batch_thresholds = (SMALL_MAX_ROWS + 1, DEFAULT_BLOCK + 1, FIRST_SPLIT_ROWS, PARALLEL_MIN_ROWS)
 
     def availability(self) -> Availability:
         if importlib.util.find_spec("numba") is None:

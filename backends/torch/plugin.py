@@ -31,6 +31,9 @@ class TorchBackend(Backend):
     accumulation_dtypes: ClassVar[dict[str, str]] = {"float16": "float32", "bfloat16": "float32"}
     priority = 50
     install = INSTALL
+    # On the CPU, subtrees below the dense top (6 levels, 64 subtrees) are grouped from 8 rows
+    # per subtree on average (kernels.MIN_GROUP_ROWS): 512 rows.
+    batch_thresholds = (512,)
 
     def availability(self) -> Availability:
         # find_spec tells "not installed" apart from "broken" without importing. It raises
