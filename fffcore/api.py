@@ -189,17 +189,13 @@ def _refuse_torch_tracing(name: str) -> None:
     ``torch.ops.fffcore.cmm`` (and :class:`fffcore.torch.FFFInference`, which calls them while
     tracing or compiling) are recorded as one operation each and run anew on every input.
     """
-    torch = _torch()
+    torch = sys.modules["torch"]  # only reached with a torch tensor in hand, so torch is imported
     if torch.compiler.is_compiling() or torch._C._is_tracing():
         raise RuntimeError(
             f"fffcore.{name} cannot be traced or compiled by torch (jit.trace, compile, export): its result "
             f"would be recorded as a constant. Call torch.ops.fffcore.{name} (import fffcore.torch to register "
             "it) or use fffcore.torch.FFFInference, which torch records as one operation."
         )
-
-
-def _torch() -> Any:
-    return sys.modules["torch"]  # only reached with a torch tensor in hand, so torch is imported
 
 
 def _as_array(x: Any) -> Any:

@@ -10,12 +10,15 @@ caller           backend's arrays  in (shares memory)              out (shares m
 ===============  ================  ==============================  ===================================
 torch, CPU       numpy             ``Tensor.numpy()``              ``torch.from_numpy``
 numpy            torch             ``torch.from_numpy``            ``Tensor.numpy()``
-torch, CUDA      cupy              ``cupy.from_dlpack``            ``torch.from_dlpack``
+torch, CUDA      cupy              a view built from its address   ``torch.from_dlpack``
 cupy             torch             ``torch.from_dlpack``           ``cupy.from_dlpack``
 ===============  ================  ==============================  ===================================
 
-Copies are made only where sharing is impossible, once per call for ``x``
-and once per parameters object for the weights: a bfloat16 tensor for a
+On a CUDA stream other than torch's default one, ``cupy.from_dlpack`` is used
+instead of the address view, so that DLPack's exchange orders cupy's work after
+torch's. Copies are made only where sharing is impossible, once per call for
+``x`` and once per parameters object for the weights (the core keeps the
+bridged parameters with its dispatch decision): a bfloat16 tensor for a
 library without bfloat16 (numpy, cupy) is first converted, by torch, to the
 parameters' dtype (the dtype of the computation anyway); a read-only numpy
 array is copied for torch, which has no read-only tensors; and a backend that
@@ -29,14 +32,12 @@ Nothing here imports torch or cupy unless the caller's arrays are theirs.
 from __future__ import annotations
 
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fffcore.arrays import array_type
 from fffcore.spec import dtype_name
 
 
@@ -113,8 +114,7 @@ def _torch_to_numpy(x: Any, dtype: str) -> np.ndarray:
     except (RuntimeError, TypeError):
         pass
     torch = _torch()
-    if x.layout is not torch.strided:
-        raise TypeError(f"x: expected a dense (strided) torch tensor, got layout {x.layout}")
+    _require_strided(x)
     if x.requires_grad:  # inference only: the result never carries a graph
         x = x.detach()
     if x.dtype is torch.bfloat16:  # numpy has no bfloat16: one conversion, by torch
@@ -221,47 +221,19 @@ _BRIDGES: dict[tuple[str, str, str], Bridge] = {
 
 # --- parameters ------------------------------------------------------------------------------------
 
-_bridged_params: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def params_device(params: Any) -> str:
-    """The device type the parameters' arrays live on."""
-    return array_device(params.w_in, params.array_type)
-
 
 def bridged_params(params: Any, bridge: Bridge) -> Any:
-    """``params`` as :class:`~fffcore.FFFParams` of ``bridge.target`` arrays sharing their memory, cached.
+    """``params`` as :class:`~fffcore.FFFParams` of ``bridge.target`` arrays sharing their memory.
 
-    Built once per parameters object and target, and kept as long as the
-    parameters live. bfloat16 parameters cannot cross into numpy or cupy:
-    the caller's capability checks reject them before this is reached.
+    bfloat16 parameters cannot cross into numpy or cupy: the caller's capability checks
+    reject them before this is reached.
     """
-    per_target = _bridged_params.get(params)
-    if per_target is not None:
-        found = per_target.get(bridge.target)
-        if found is not None:
-            return found
     from fffcore.params import FFFParams
 
-    arrays = [
+    w_in, b_in, w_out = (
         None if a is None else bridge.to_target(a, params.dtype) for a in (params.w_in, params.b_in, params.w_out)
-    ]
-    converted = FFFParams(arrays[0], arrays[1], arrays[2], params.activation)
-    _bridged_params.setdefault(params, {})[bridge.target] = converted
-    return converted
+    )
+    return FFFParams(w_in, b_in, w_out, params.activation)
 
 
-def forget_bridged_params() -> None:
-    """Drop every cached conversion of parameters (for tests)."""
-    _bridged_params.clear()
-
-
-__all__ = [
-    "Bridge",
-    "array_device",
-    "array_type",
-    "bridged_params",
-    "describe_device",
-    "find_bridge",
-    "params_device",
-]
+__all__ = ["Bridge", "array_device", "bridged_params", "describe_device", "find_bridge"]

@@ -47,7 +47,7 @@ def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
 def prepare_fff_rows(params: FFFParams) -> Callable[[Any, FFFParams], np.ndarray]:
     """:func:`fff_rows` with the small-batch kernel bound to these parameters (see ``Backend.prepare_fff``).
 
-    At one row the kernel takes about 4 us, and numba's dispatcher spends a fair part of it
+    At one row the kernel takes about 3 us, and numba's dispatcher spends a fair part of it
     re-deriving the argument types of every call. Here the kernel is compiled (or loaded from
     the disk cache) once for exactly the types a small call passes: read-only, aligned,
     C-contiguous (B, d_in) rows of the layer's dtype and the layer's own arrays, and that
