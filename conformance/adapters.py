@@ -24,10 +24,12 @@ class ArrayAdapter:
     Attributes:
         name: the array type, as :func:`fffcore.arrays.array_type` spells it.
         dtypes: floating dtypes this library can hold.
+        layouts: the memory layouts of :data:`LAYOUTS` this library can give an array.
     """
 
     name: ClassVar[str]
     dtypes: ClassVar[tuple[str, ...]]
+    layouts: ClassVar[tuple[str, ...]] = ("contiguous", "transposed", "strided")
 
     def unavailable_reason(self, device: str) -> str | None:
         """None when arrays can be built on ``device`` here; otherwise why not."""
@@ -45,6 +47,10 @@ class ArrayAdapter:
         """``"cpu"`` or ``"cuda"`` (the device kind, without an index)."""
         raise NotImplementedError
 
+    def reversed_axes(self, array: Any) -> Any:
+        """A view of ``array`` with its axes in reverse order (the transpose of a matrix)."""
+        return array.transpose()
+
     def is_own(self, array: Any) -> bool:
         return array_type(array) == self.name
 
@@ -55,6 +61,7 @@ class ArrayAdapter:
 class NumpyAdapter(ArrayAdapter):
     name = "numpy"
     dtypes = ("float16", "float32", "float64")
+    layouts = ("contiguous", "transposed", "strided", "byteswapped", "readonly")
 
     def unavailable_reason(self, device: str) -> str | None:
         return None if device == "cpu" else f"numpy arrays live on the cpu, not {device}"
@@ -102,6 +109,9 @@ class TorchAdapter(ArrayAdapter):
     def device_of(self, array: Any) -> str:
         return str(array.device.type)
 
+    def reversed_axes(self, array: Any) -> Any:
+        return array.permute(*reversed(range(array.dim())))
+
 
 class CupyAdapter(ArrayAdapter):
     name = "cupy"
@@ -144,21 +154,35 @@ def adapter_for(kind: str) -> ArrayAdapter | None:
     return ADAPTERS.get(kind)
 
 
+#: Memory layouts the suite gives inputs and parameters (each library offers those it can hold,
+#: :attr:`ArrayAdapter.layouts`); the first is the plain one every draw shrinks to.
+LAYOUTS: tuple[str, ...] = ("contiguous", "transposed", "strided", "byteswapped", "readonly")
+
+
 def with_layout(adapter: ArrayAdapter, values: np.ndarray, dtype: str, device: str, layout: str) -> Any:
     """``values`` as an array of ``adapter``'s type whose memory layout is ``layout``.
 
-    Layouts: ``"contiguous"``; ``"transposed"``, a transposed view of a (d_in, B)
-    array (2-D inputs only; other ranks fall back to strided); ``"strided"``,
-    every other column of an array twice as wide, so the last axis has stride 2.
+    Layouts: ``"contiguous"``; ``"transposed"``, stored with its axes reversed (a
+    transposed view of a contiguous array, Fortran order); ``"strided"``, every
+    other column of an array twice as wide, so the last axis has stride 2;
+    numpy only: ``"byteswapped"``, contiguous in the byte order that is not the
+    machine's, and ``"readonly"``, a contiguous array that cannot be written.
     The logical values are the same in every layout.
     """
-    if layout == "transposed" and values.ndim == 2:
-        return adapter.from_numpy(np.ascontiguousarray(values.T), dtype, device).T
-    if layout in ("strided", "transposed"):
+    if layout not in adapter.layouts:
+        raise ValueError(f"layout: expected one of {adapter.layouts} for {adapter.name} arrays, got {layout!r}")
+    if layout == "transposed" and values.ndim >= 2:
+        return adapter.reversed_axes(adapter.from_numpy(np.ascontiguousarray(values.T), dtype, device))
+    if layout in ("strided", "transposed"):  # a 1-D "transposed" array is just strided
         wide = np.zeros((*values.shape[:-1], 2 * values.shape[-1]), dtype=values.dtype)
         wide[..., ::2] = values
         return adapter.from_numpy(wide, dtype, device)[..., ::2]
-    return adapter.from_numpy(values, dtype, device)
+    array = adapter.from_numpy(values, dtype, device)
+    if layout == "byteswapped":
+        return array.astype(array.dtype.newbyteorder())
+    if layout == "readonly":
+        array.flags.writeable = False
+    return array
 
 
 def round_to_dtype(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -25,9 +25,6 @@ WEIGHT_STYLES: tuple[str, ...] = ("init", "integer")
 #: How the input values are drawn.
 VALUE_STYLES: tuple[str, ...] = ("normal", "integers", "zeros", "magnitudes", "subnormals", "specials")
 
-#: Memory layouts of the input (see :func:`fffcore.conformance.adapters.with_layout`).
-LAYOUTS: tuple[str, ...] = ("contiguous", "transposed", "strided")
-
 #: Largest |value| of integer-valued weights and inputs.
 INTEGER_BOUND = 2
 
@@ -112,7 +109,9 @@ class Case:
     The parameters are numpy arrays when the backend accepts numpy arrays
     (``params_array_type="numpy"``), else arrays of the input's library on its
     device; bfloat16 parameters always come in the input's library, since
-    numpy has no bfloat16.
+    numpy has no bfloat16. Each parameter array is built in ``params_layout``
+    (one of the layouts its library offers, see
+    :func:`fffcore.conformance.adapters.with_layout`).
     """
 
     layer: LayerSpec
@@ -120,6 +119,7 @@ class Case:
     array_type: str = "numpy"
     device: str = "cpu"
     params_array_type: str = "numpy"
+    params_layout: str = "contiguous"
 
     def build(self) -> Built:
         """The arrays the backend receives and their float64 counterparts for the oracle."""
@@ -131,14 +131,16 @@ class Case:
         if self.input.force_ties:
             values, rounded[1] = _force_ties(values, rounded[0], rounded[1], layer)
         oracle_params = FFFParams(rounded[0], rounded[1], rounded[2], layer.activation)
-        if layer.dtype == "bfloat16" or self.params_array_type != "numpy":
-            # numpy has no bfloat16, and a backend without numpy gets its own arrays: the input's library
-            params = FFFParams(
-                *(None if w is None else adapter.from_numpy(w, layer.dtype, self.device) for w in rounded),
-                layer.activation,
-            )
-        else:
-            params = oracle_params.astype(layer.dtype)
+        # numpy has no bfloat16, and a backend without numpy gets its own arrays: the input's library
+        own = layer.dtype == "bfloat16" or self.params_array_type != "numpy"
+        params_adapter, params_device = (adapter, self.device) if own else (ADAPTERS["numpy"], "cpu")
+        params = FFFParams(
+            *(
+                None if w is None else with_layout(params_adapter, w, layer.dtype, params_device, self.params_layout)
+                for w in rounded
+            ),
+            layer.activation,
+        )
         x = with_layout(adapter, values, self.input.dtype, self.device, self.input.layout)
         x_seen = adapter.to_numpy(x).astype(np.float64)  # exactly what the backend receives
         oracle_x = round_to_dtype(x_seen, layer.dtype).reshape(-1, layer.d_in)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from fffcore.conformance.cases import Built, Case
 from fffcore.conformance.checks import PropertyFailure
 from fffcore.conformance.target import Target
 from fffcore.params import FFFParams
+
+if TYPE_CHECKING:  # the strategies import Hypothesis, which this module must load without
+    from fffcore.conformance.strategies import Scope
 
 
 @dataclass(frozen=True)
@@ -354,13 +357,14 @@ def _require_identical(expected: Outputs, actual: Outputs, who: str) -> None:
 
 @dataclass(frozen=True)
 class Property:
-    """One named property: its check, the cases it draws, and its share of the example budget."""
+    """One named property: its check, the cases it draws (a strategy for a target and a
+    :class:`~fffcore.conformance.strategies.Scope`), and its share of the example budget."""
 
     name: str
     check: Callable[[Target, Case], None]
-    strategy: Callable[[Target], Any]
+    strategy: Callable[[Target, Scope], Any]
     budget: float = 1.0
-    #: How its cases draw values (:data:`fffcore.conformance.deep.STYLES`), for its fixed deep cases.
+    #: How its cases draw values (:data:`fffcore.conformance.fixed.STYLES`), for its fixed cases.
     style: str = "general"
 
     @property
@@ -368,36 +372,36 @@ class Property:
         return (self.check.__doc__ or "").strip().splitlines()[0]
 
 
-def _general(target: Target) -> Any:
+def _general(target: Target, scope: Scope) -> Any:
     from fffcore.conformance.strategies import cases
 
-    return cases(target)
+    return cases(target, scope=scope)
 
 
-def _exact(target: Target) -> Any:
+def _exact(target: Target, scope: Scope) -> Any:
     from fffcore.conformance.strategies import cases
 
-    return cases(target, integer=True)
+    return cases(target, integer=True, scope=scope)
 
 
-def _specials(target: Target) -> Any:
+def _specials(target: Target, scope: Scope) -> Any:
     from hypothesis import strategies as st
 
     from fffcore.conformance.strategies import cases
 
-    return cases(target, values=st.just("specials"))
+    return cases(target, values=st.just("specials"), scope=scope)
 
 
-def _large(target: Target) -> Any:
+def _large(target: Target, scope: Scope) -> Any:
     from fffcore.conformance.strategies import large_cases
 
-    return large_cases(target)
+    return large_cases(target, scope)
 
 
-def _small(target: Target) -> Any:
+def _small(target: Target, scope: Scope) -> Any:
     from fffcore.conformance.strategies import cases
 
-    return cases(target, max_rows=16)
+    return cases(target, max_rows=16, scope=scope)
 
 
 #: Every property, in report order.

@@ -7,9 +7,10 @@ backend's own CI::
 
 Options: ``--fff-backend NAME`` (required for the suite to run; without it
 its tests skip), ``--fff-max-examples N`` (default 100), ``--fff-seed S``
-(default 0, so CI runs are repeatable), ``--fff-dtype D`` (repeatable), and
-``--fff-device DEV``. The report header names the backend, its version and
-the device.
+(default 0, so CI runs are repeatable), ``--fff-dtype D`` (repeatable),
+``--fff-device DEV`` and ``--fff-thorough`` (the release check of
+``fff check --thorough``). The report header names the backend, its version
+and the device.
 
 This module is imported by every pytest run in an environment where fffcore
 is installed, so it imports nothing beyond pytest at load time, and works
@@ -34,6 +35,12 @@ def pytest_addoption(parser: Any) -> None:
         "--fff-dtype", action="append", default=None, metavar="DTYPE", help="only this parameter dtype (repeatable)"
     )
     group.addoption("--fff-device", default=None, metavar="DEV", help="device for native arrays, e.g. cuda")
+    group.addoption(
+        "--fff-thorough",
+        action="store_true",
+        default=False,
+        help="the release check of `fff check --thorough` (wider shapes, larger batches, every activation)",
+    )
 
 
 def pytest_report_header(config: Any) -> str | None:
@@ -53,23 +60,31 @@ def pytest_report_header(config: Any) -> str | None:
         f"fffcore conformance: backend {target.backend}{version} on {target.device}; "
         f"dtypes {', '.join(target.dtypes)}; arrays {target.describe_array_types()}; "
         f"seed {config.getoption('--fff-seed')}, {config.getoption('--fff-max-examples')} examples per property"
+        + (", thorough" if config.getoption("--fff-thorough") else "")
     )
 
 
 class ConformanceSession:
     """What the suite's tests need: the target and the Hypothesis settings from the command line."""
 
-    def __init__(self, target: Any, max_examples: int, seed: int) -> None:
+    def __init__(self, target: Any, max_examples: int, seed: int, thorough: bool = False) -> None:
         self.target = target
         self.max_examples = max_examples
         self.seed = seed
+        self.thorough = thorough
 
     def run(self, property_name: str) -> Any:
         """Run one property; returns a :class:`fffcore.conformance.runner.PropertyResult`."""
         from fffcore.conformance.properties import get_property
         from fffcore.conformance.runner import run_property
 
-        return run_property(get_property(property_name), self.target, max_examples=self.max_examples, seed=self.seed)
+        return run_property(
+            get_property(property_name),
+            self.target,
+            max_examples=self.max_examples,
+            seed=self.seed,
+            thorough=self.thorough,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +102,12 @@ def fff_conformance(request: Any) -> ConformanceSession:
     target = resolve_target(
         backend, device=config.getoption("--fff-device"), dtypes=_dtypes(config.getoption("--fff-dtype"))
     )
-    return ConformanceSession(target, config.getoption("--fff-max-examples"), config.getoption("--fff-seed"))
+    return ConformanceSession(
+        target,
+        config.getoption("--fff-max-examples"),
+        config.getoption("--fff-seed"),
+        config.getoption("--fff-thorough"),
+    )
 
 
 def _dtypes(values: list[str] | None) -> tuple[str, ...] | None:

@@ -63,10 +63,16 @@ def examples_for(prop: Property, max_examples: int) -> int:
     return max(1, round(max_examples * prop.budget))
 
 
-def run_property(prop: Property, target: Target, *, max_examples: int, seed: int) -> PropertyResult:
-    """Run one property on ``max_examples`` drawn cases (scaled by its budget); shrink and report a failure."""
+def run_property(
+    prop: Property, target: Target, *, max_examples: int, seed: int, thorough: bool = False
+) -> PropertyResult:
+    """Run one property on ``max_examples`` drawn cases (scaled by its budget), then its fixed cases;
+    shrink and report a failure. ``thorough`` draws from the wider
+    :data:`~fffcore.conformance.strategies.THOROUGH_SCOPE` and adds the fixed coverage cases."""
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
     from hypothesis import seed as fix_seed
+
+    from fffcore.conformance.strategies import DEFAULT_SCOPE, THOROUGH_SCOPE
 
     examples = examples_for(prop, max_examples)
     ran = 0
@@ -83,7 +89,7 @@ def run_property(prop: Property, target: Target, *, max_examples: int, seed: int
         suppress_health_check=list(HealthCheck),
         phases=(Phase.explicit, Phase.generate, Phase.shrink),
     )
-    @given(prop.strategy(target))
+    @given(prop.strategy(target, THOROUGH_SCOPE if thorough else DEFAULT_SCOPE))
     def property_holds(case: Case) -> None:
         nonlocal ran
         ran += 1
@@ -102,26 +108,25 @@ def run_property(prop: Property, target: Target, *, max_examples: int, seed: int
         property_holds()
     except PropertyFailure as failure:
         case = getattr(failure, "case", None)
-        message = failure_report(prop, target, case, str(failure), seed=seed, max_examples=max_examples)
+        message = failure_report(
+            prop, target, case, str(failure), seed=seed, max_examples=max_examples, thorough=thorough
+        )
         return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
     except Exception as error:  # Hypothesis' own complaints: flaky failures, unsatisfiable strategies
         message = f"{prop.name}: Hypothesis stopped with {type(error).__name__}: {error}"
         return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
-    # Then the fixed deep cases, in every run. After the drawn ones, so that a bug the drawn cases
-    # find is reported on the small example Hypothesis shrinks it to; a deep case fails only for a
-    # bug that needs deep levels, and is reported as it is.
-    from fffcore.conformance.deep import deep_cases, large_fixed_cases, threshold_cases
+    # Then the fixed cases, in every run. After the drawn ones, so that a bug the drawn cases find
+    # is reported on the small example Hypothesis shrinks it to; a fixed case fails only for a bug
+    # that needs deep levels, a large batch or a combination the draws missed, and is reported as it is.
+    from fffcore.conformance.fixed import fixed_cases
 
-    fixed = deep_cases(target, prop.style, seed)
-    if prop.style == "large":
-        fixed += threshold_cases(target, target.batch_thresholds, seed) + large_fixed_cases(target, seed)
-    for case in fixed:
+    for case in fixed_cases(target, prop.style, seed, thorough=thorough):
         ran += 1
         try:
             prop.check(target, case)
         except Exception as error:
             text = str(error) if isinstance(error, PropertyFailure) else f"{type(error).__name__}: {error}"
-            message = failure_report(prop, target, case, text, seed=seed, max_examples=max_examples)
+            message = failure_report(prop, target, case, text, seed=seed, max_examples=max_examples, thorough=thorough)
             return PropertyResult(prop.name, "fail", ran, time.perf_counter() - start, message)
     return PropertyResult(prop.name, "pass", ran, time.perf_counter() - start)
 
@@ -135,6 +140,7 @@ def run_suite(
     device: str | None = None,
     properties: Sequence[str] | None = None,
     on_result: object = None,
+    thorough: bool = False,
 ) -> SuiteReport:
     """Run every property (or those named) on one registered backend.
 
@@ -146,12 +152,14 @@ def run_suite(
         device: the device native arrays are built on (default: cpu when declared).
         properties: names of the properties to run; default all.
         on_result: called with each :class:`PropertyResult` as soon as it is known (for live output).
+        thorough: the release check of ``fff check --thorough``: wider shapes, larger batches, every
+            activation with every dtype and array type (see :func:`run_property`).
     """
     target = resolve_target(backend, device=device, dtypes=tuple(dtypes) if dtypes else None)
     chosen = [get_property(name) for name in properties] if properties else list(PROPERTIES)
     results = []
     for prop in chosen:
-        result = run_property(prop, target, max_examples=max_examples, seed=seed)
+        result = run_property(prop, target, max_examples=max_examples, seed=seed, thorough=thorough)
         results.append(result)
         if callable(on_result):
             on_result(result)
@@ -165,7 +173,14 @@ def reproduce(backend: str, property_name: str, case: Case) -> None:
 
 
 def failure_report(
-    prop: Property, target: Target, case: Case | None, message: str, *, seed: int, max_examples: int
+    prop: Property,
+    target: Target,
+    case: Case | None,
+    message: str,
+    *,
+    seed: int,
+    max_examples: int,
+    thorough: bool = False,
 ) -> str:
     """The failure, the minimal example with its arrays when small, and how to reproduce it."""
     lines = [f"{prop.name}: {message}", f"  property: {prop.description}"]
@@ -178,7 +193,11 @@ def failure_report(
             f'reproduce({target.backend!r}, {prop.name!r}, {case!r})"',
         ]
     device = f" --device {target.device}" if target.device != "cpu" else ""
-    lines.append(f"    fff check {target.backend} --seed {seed} --max-examples {max_examples}{device}")
+    mode = " --thorough" if thorough else ""
+    lines.append(
+        f"    fff check {target.backend} --seed {seed} --max-examples {max_examples}{device}{mode}"
+        f" --property {prop.name}"
+    )
     return "\n".join(lines)
 
 

@@ -55,6 +55,15 @@ class Target:
         """Largest d_in worth drawing for ``dtype`` (see :func:`fffcore.conformance.tolerances.max_checkable_d_in`)."""
         return max_checkable_d_in(dtype, self.accumulation(dtype))
 
+    def params_array_types(self, dtype: str, array_type: str) -> tuple[str, ...]:
+        """The array types the parameters of a ``dtype`` case with ``array_type`` input come in: numpy
+        where the backend takes numpy arrays (first, so that draws shrink to it), and the input's own
+        library (as a torch model holds them); bfloat16 only in the input's library, numpy having none."""
+        numpy_params = "numpy" in self.array_types and dtype != "bfloat16"
+        if not numpy_params:
+            return (array_type,)
+        return ("numpy",) if array_type == "numpy" else ("numpy", array_type)
+
     @property
     def dtypes(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(dtype for dtype, _ in self.combinations))

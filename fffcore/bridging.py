@@ -21,7 +21,8 @@ torch's. Copies are made only where sharing is impossible, once per call for
 bridged parameters with its dispatch decision): a bfloat16 tensor for a
 library without bfloat16 (numpy, cupy) is first converted, by torch, to the
 parameters' dtype (the dtype of the computation anyway); a read-only numpy
-array is copied for torch, which has no read-only tensors; and a backend that
+array, or one in the byte order that is not the machine's, is copied for
+torch, which has neither; and a backend that
 needs contiguous rows copies a strided view itself, as it would for its own
 arrays. A tensor on a device the backend does not compute on is never moved:
 that is a ``TypeError`` naming both devices.
@@ -125,9 +126,9 @@ def _torch_to_numpy(x: Any, dtype: str) -> np.ndarray:
 def _numpy_to_torch(x: Any, dtype: str) -> Any:
     import torch
 
-    if not x.flags.writeable or any(stride < 0 for stride in x.strides):
-        # torch has no read-only tensors and no negative strides: one copy.
-        x = np.array(x, dtype=dtype if dtype != "bfloat16" else None)
+    if not x.flags.writeable or not x.dtype.isnative or any(stride < 0 for stride in x.strides):
+        # torch has no read-only tensors, no byte order but the machine's and no negative strides: one copy
+        x = np.array(x, dtype=dtype if dtype != "bfloat16" else x.dtype.newbyteorder("="))
     return torch.from_numpy(x)
 
 

@@ -195,6 +195,39 @@ class PartialBatch(ReferenceBackend):
         return y
 
 
+class ParameterStridesIgnored(ReferenceBackend):
+    """Takes torch tensors too, and reads each torch parameter's memory as if it were C-contiguous
+    (ignoring its strides: right for ``contiguous()`` tensors, wrong for transposed or strided ones)."""
+
+    name = "broken-params-strides"
+    array_types = ("numpy", "torch")
+
+    @staticmethod
+    def _numpy(array):
+        if isinstance(array, np.ndarray) or array is None:
+            return array
+        shape = tuple(array.shape)
+        strides = tuple(int(np.prod(shape[axis + 1 :])) for axis in range(len(shape)))
+        return array.as_strided(shape, strides, array.storage_offset()).numpy()
+
+    def _call(self, method, x, params):
+        import torch
+
+        if not isinstance(x, torch.Tensor):
+            return method(x, params)
+        plain = FFFParams(*(self._numpy(w) for w in (params.w_in, params.b_in, params.w_out)), params.activation)
+        result = method(x.to(getattr(torch, params.dtype)).numpy(), plain)  # x is read right
+        if isinstance(result, tuple):
+            return tuple(torch.from_numpy(np.ascontiguousarray(part)) for part in result)
+        return torch.from_numpy(np.ascontiguousarray(result))
+
+    def cmm(self, x, params):
+        return self._call(super().cmm, x, params)
+
+    def fff(self, x, params):
+        return self._call(super().fff, x, params)
+
+
 BROKEN_BACKENDS = (
     GreaterOrEqualAtTies,
     TanhGeluForExact,
@@ -209,6 +242,7 @@ BROKEN_BACKENDS = (
     RowsSwapped,
     Float32Accumulation,
     PartialBatch,
+    ParameterStridesIgnored,
 )
 
 #: The property that must catch each broken backend.
@@ -226,6 +260,7 @@ EXPECTED_FAILURES = {
     "broken-rows-swapped": "logits_along_path",
     "broken-float32-accumulation": "logits_along_path",
     "broken-partial-batch": "output_along_path",
+    "broken-params-strides": "logits_along_path",
 }
 
 assert set(EXPECTED_FAILURES) == {backend.name for backend in BROKEN_BACKENDS}

@@ -280,3 +280,29 @@ def _forbidden_host_copy(original):
         return original(value, *args, **kwargs)
 
     return guarded
+
+
+class TorchOnlyRecorder(FakeBackend):
+    """Takes torch tensors only: numpy callers reach it through ``torch.from_numpy``."""
+
+    def fff(self, x, params):
+        self.received.append((x, params))
+        plain = FFFParams(*(None if w is None else w.numpy() for w in (params.w_in, params.b_in, params.w_out)))
+        return torch.from_numpy(super(FakeBackend, self).fff(x.numpy(), plain))
+
+
+@pytest.mark.parametrize("layout", ["byteswapped", "readonly"])
+def test_numpy_arrays_torch_cannot_share_are_copied_once_for_a_torch_backend(layout, use_registry, monkeypatch):
+    monkeypatch.delenv("FFFCORE_BACKEND", raising=False)
+    backend = TorchOnlyRecorder("torch-only", priority=1000, array_types=("torch",))
+    use_registry(("torch-only", plugin_with(backend)))
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    given = x.astype(x.dtype.newbyteorder()) if layout == "byteswapped" else x.copy()
+    given.flags.writeable = layout != "readonly"
+    before = given.tobytes()
+    y = fffcore.fff(given, PARAMS)
+    ((received, _),) = backend.received
+    assert isinstance(received, torch.Tensor) and received.dtype == torch.float32
+    assert isinstance(y, np.ndarray)
+    np.testing.assert_array_equal(y, fffcore.fff(x, PARAMS, backend="reference"))
+    assert given.tobytes() == before

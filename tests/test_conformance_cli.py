@@ -76,6 +76,19 @@ def test_check_refuses_what_it_cannot_run_with_exit_2(arguments, message, capsys
 
 
 @needs_hypothesis
+def test_check_thorough_says_so_and_how_to_repeat_it(capsys):
+    arguments = ["check", "reference", "--thorough", "--seed", "4", "--property", "output_along_path"]
+    assert main([*arguments, "--max-examples", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "up to 5 examples per property, thorough" in out and "PASS  output_along_path" in out
+    # 5 drawn, 4 deep (float32 and float64, numpy and bridged torch) and 20 coverage cases (x 5 activations)
+    assert " 29 examples" in out
+    with registry_with(("broken", broken)):
+        assert main(["check", "broken-no-bias", "--thorough", "--max-examples", "5", "--seed", "4"]) == 1
+    assert "--thorough --property" in capsys.readouterr().out
+
+
+@needs_hypothesis
 def test_check_dtype_filter_runs_only_that_dtype(capsys):
     assert main(["check", "reference", "--dtype", "float32", "--max-examples", "3", "--property", "result_types"]) == 0
     assert "dtypes: float32;" in capsys.readouterr().out

@@ -69,6 +69,18 @@ def test_a_bug_confined_to_large_batches_fails_on_every_seed(name, seed, broken_
     assert result.status == "fail", f"{name} passed large_batches with seed {seed}"
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_a_backend_ignoring_parameter_strides_fails_on_every_seed(seed, broken_registry):
+    pytest.importorskip("torch")
+    result = run_property(
+        get_property("logits_along_path"), resolve_target("broken-params-strides"), max_examples=100, seed=seed
+    )
+    assert result.status == "fail", f"broken-params-strides passed logits_along_path with seed {seed}"
+    # caught on tensors whose strides it ignored, not on some other difference
+    assert "params_array_type='torch'" in result.message
+    assert "params_layout='transposed'" in result.message or "params_layout='strided'" in result.message
+
+
 def test_sampled_rows_hold_every_block_and_share_boundary_and_the_last_rows():
     from fffcore.conformance.properties import sample_rows
 
@@ -80,7 +92,7 @@ def test_sampled_rows_hold_every_block_and_share_boundary_and_the_last_rows():
 
 
 def test_deep_cases_cover_every_combination_at_depth_ten():
-    from fffcore.conformance.deep import DEEP_DEPTH, deep_cases
+    from fffcore.conformance.fixed import DEEP_DEPTH, deep_cases
 
     target = resolve_target("reference")
     for style in ("general", "exact", "specials", "small"):
@@ -88,6 +100,35 @@ def test_deep_cases_cover_every_combination_at_depth_ten():
         assert {(c.layer.dtype, c.array_type) for c in cases} == set(target.combinations)
         assert all(c.layer.depth == DEEP_DEPTH >= 9 for c in cases)
     assert deep_cases(target, "general", 1) != deep_cases(target, "general", 2)  # the seed still varies them
+
+
+def test_thorough_runs_add_every_activation_with_every_combination_and_every_layout():
+    pytest.importorskip("torch")
+    from fffcore.conformance.fixed import fixed_cases
+
+    target = resolve_target("torch")
+    default = fixed_cases(target, "general", seed=5)
+    thorough = fixed_cases(target, "general", seed=5, thorough=True)
+    assert thorough[: len(default)] == default  # a thorough run checks everything a default one does
+    grid = {(c.layer.dtype, c.array_type, c.layer.activation) for c in thorough}
+    assert grid == {(d, a, act) for d, a in target.combinations for act in target.activations}
+    assert {c.input.layout for c in thorough if c.array_type == "numpy"} == set(ADAPTERS["numpy"].layouts)
+    assert {c.input.layout for c in thorough if c.array_type == "torch"} == set(ADAPTERS["torch"].layouts)
+    for kind in ("numpy", "torch"):
+        assert {c.params_layout for c in thorough if c.params_array_type == kind} == set(ADAPTERS[kind].layouts)
+    large = fixed_cases(target, "large", seed=5, thorough=True)
+    paper = {(c.layer.dtype, c.array_type) for c in large if c.layer.d_in == 768}
+    assert paper == {(d, a) for d, a in target.combinations if (target.max_d_in(d) or 768) >= 768}
+
+
+def test_thorough_scope_reaches_past_the_default_one():
+    from fffcore.conformance.strategies import DEFAULT_SCOPE, THOROUGH_SCOPE
+
+    assert THOROUGH_SCOPE.largest_width > DEFAULT_SCOPE.largest_width
+    assert THOROUGH_SCOPE.largest_depth >= 9 > DEFAULT_SCOPE.largest_depth
+    assert THOROUGH_SCOPE.rare < DEFAULT_SCOPE.rare and THOROUGH_SCOPE.max_rows > DEFAULT_SCOPE.max_rows
+    assert set(DEFAULT_SCOPE.large_batches) < set(THOROUGH_SCOPE.large_batches)
+    assert max(THOROUGH_SCOPE.large_batches) > 16384
 
 
 def test_minimal_example_is_small(broken_registry):
@@ -178,11 +219,41 @@ def test_round_to_dtype_matches_numpy():
     assert np.isinf(round_to_dtype(values, "float16")[2])
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "byteswapped", "readonly"])
+def test_numpy_layouts_keep_values_and_have_the_layout_they_name(layout):
+    values = np.arange(24.0).reshape(2, 3, 4)
+    array = with_layout(ADAPTERS["numpy"], values, "float32", "cpu", layout)
+    np.testing.assert_array_equal(array, values)
+    assert array.flags.c_contiguous == (layout in ("contiguous", "byteswapped", "readonly"))
+    assert array.dtype.isnative == (layout != "byteswapped") and array.dtype.name == "float32"
+    assert array.flags.writeable == (layout != "readonly")
+    if layout == "transposed":
+        assert array.flags.f_contiguous
+
+
+def test_layouts_a_library_cannot_hold_are_refused():
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="layout: expected one of"):
+        with_layout(ADAPTERS["torch"], np.ones((2, 2)), "float32", "cpu", "byteswapped")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_torch_parameters_reach_the_backend_in_their_layout(layout):
+    pytest.importorskip("torch")
+    layer = LayerSpec(d_in=5, d_out=3, depth=2, trees=2, dtype="float32", seed=7)
+    case = Case(layer, InputSpec(leading=(4,), dtype="float32"), "torch", "cpu", "torch", layout)
+    built = case.build()
+    assert built.params.array_type == "torch"  # FFFParams keeps tensors as given
+    assert built.params.w_in.is_contiguous() == (layout == "contiguous")
+    np.testing.assert_array_equal(built.params.w_in.numpy(), built.oracle_params.w_in)
+    np.testing.assert_array_equal(built.params.b_in.numpy(), built.oracle_params.b_in)
+
+
 def test_torch_adapter_round_trips_with_layouts():
     pytest.importorskip("torch")
     adapter = ADAPTERS["torch"]
     values = np.arange(12.0).reshape(3, 4)
-    for layout in ("contiguous", "transposed", "strided"):
+    for layout in adapter.layouts:
         array = with_layout(adapter, values, "float32", "cpu", layout)
         assert adapter.device_of(array) == "cpu" and adapter.dtype_of(array) == "float32"
         np.testing.assert_array_equal(adapter.to_numpy(array), values)

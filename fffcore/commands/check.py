@@ -15,6 +15,10 @@ from typing import Any
 
 INSTALL_HINT = "pip install 'fffcore[conformance]'  (or: pip install hypothesis)"
 
+#: Examples per property: a default run, and a thorough one (``--thorough``) unless --max-examples says.
+DEFAULT_EXAMPLES = 100
+THOROUGH_EXAMPLES = 500
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -25,7 +29,17 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("backend", help="the backend's name, as `fff backends` lists it")
     parser.add_argument(
-        "--max-examples", type=int, default=100, metavar="N", help="examples per property (default 100)"
+        "--max-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"examples per property (default {DEFAULT_EXAMPLES}; {THOROUGH_EXAMPLES} with --thorough)",
+    )
+    parser.add_argument(
+        "--thorough",
+        action="store_true",
+        help="the release check: more examples, wider and deeper layers, batches up to 32769 rows, and "
+        "every activation with every dtype and array type (several times longer than a default run)",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="Hypothesis seed (default: a random one, printed for reproduction)"
@@ -59,8 +73,11 @@ def run(arguments: argparse.Namespace) -> int:
             f"fff check needs Hypothesis, which is not installed. Install it with:\n    {INSTALL_HINT}", file=sys.stderr
         )
         return 2
-    if arguments.max_examples < 1:
-        print(f"fff check: --max-examples must be >= 1, got {arguments.max_examples}", file=sys.stderr)
+    max_examples = arguments.max_examples
+    if max_examples is None:
+        max_examples = THOROUGH_EXAMPLES if arguments.thorough else DEFAULT_EXAMPLES
+    if max_examples < 1:
+        print(f"fff check: --max-examples must be >= 1, got {max_examples}", file=sys.stderr)
         return 2
 
     from fffcore import BackendUnavailableError, UnknownBackendError, __version__
@@ -87,12 +104,13 @@ def run(arguments: argparse.Namespace) -> int:
     )
     for note in target.notes:
         print(f"  not tested: {note}")
-    print(f"  seed {seed}, up to {arguments.max_examples} examples per property")
+    mode = ", thorough" if arguments.thorough else ""
+    print(f"  seed {seed}, up to {max_examples} examples per property{mode}")
     width = max(len(prop.name) for prop in chosen)
     start = time.perf_counter()
     results: list[PropertyResult] = []
     for prop in chosen:
-        result = run_property(prop, target, max_examples=arguments.max_examples, seed=seed)
+        result = run_property(prop, target, max_examples=max_examples, seed=seed, thorough=arguments.thorough)
         results.append(result)
         label = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result.status]
         print(f"{label}  {result.name:<{width}}  {result.examples:>4} examples  {result.seconds:6.1f} s", flush=True)

@@ -1,4 +1,5 @@
-"""Fixed cases in every run: deep layers for every property, batches around each declared threshold.
+"""Fixed cases, checked after the drawn ones: deep layers for every property and batches around each
+declared threshold in every run; in a thorough run also every dtype with every activation.
 
 The strategies draw a depth-11 layer once in 16 draws, so a backend that is wrong only in its
 deep levels (a second kernel past some level, a table that stops at 512 nodes) would pass many
@@ -10,10 +11,15 @@ the backend's, so different runs still see different deep layers.
 The property ``large_batches`` also gets, in every run, batches of one row below, at and one
 row above each of the backend's ``batch_thresholds`` (:func:`threshold_cases`), where a backend
 switches kernels: a backend right below a threshold and wrong above it fails every run.
+
+A thorough run (``fff check --thorough``) adds :func:`coverage_cases`: every activation with every
+(dtype, array type), inputs and parameters in each layout their libraries offer, and the large
+cases in every (dtype, array type) rather than the first.
 """
 
 from __future__ import annotations
 
+from fffcore.conformance.adapters import ADAPTERS
 from fffcore.conformance.cases import Case, InputSpec, LayerSpec
 from fffcore.conformance.target import Target
 
@@ -30,6 +36,22 @@ STYLES = ("general", "exact", "specials", "small", "large")
 
 #: Layer of the threshold cases: deep (levels 0 to 9) and narrow, so that a thousand rows stay cheap.
 THRESHOLD_LAYER = {"d_in": 24, "d_out": 12, "depth": 9, "trees": 2}
+
+#: Layer and rows of the coverage cases: odd widths (no vector width divides them), three trees.
+COVERAGE_LAYER = {"d_in": 33, "d_out": 17, "depth": 6, "trees": 3}
+COVERAGE_ROWS = 50
+
+
+def fixed_cases(target: Target, style: str, seed: int, *, thorough: bool = False) -> list[Case]:
+    """Every fixed case of a property of ``style``, in the order they are checked."""
+    found = deep_cases(target, style, seed)
+    combinations = range(len(target.combinations)) if thorough else range(1)
+    if style == "large":
+        found += threshold_cases(target, target.batch_thresholds, seed)
+        found += [case for index in combinations for case in large_fixed_cases(target, seed, index)]
+    elif thorough:
+        found += coverage_cases(target, style, seed)
+    return found
 
 
 def deep_cases(target: Target, style: str, seed: int) -> list[Case]:
@@ -60,7 +82,41 @@ def deep_cases(target: Target, style: str, seed: int) -> list[Case]:
             exponent=1,
             force_ties=style == "exact",
         )
-        found.append(_case(target, layer, spec, array_type))
+        found.append(_case(target, layer, spec, array_type, seed + index))
+    return found
+
+
+def coverage_cases(target: Target, style: str, seed: int) -> list[Case]:
+    """One case per activation per (dtype, array type); bias, the input's layout and the parameters'
+    layout rotate, so every layout each library offers comes up."""
+    found = []
+    for index, (dtype, array_type) in enumerate(target.combinations):
+        cap = target.max_d_in(dtype)
+        for number, activation in enumerate(target.activations):
+            turn = seed + index + number
+            widest = 24 if style == "exact" else COVERAGE_LAYER["d_in"]  # integer logits exact in bfloat16
+            layer = LayerSpec(
+                d_in=widest if cap is None else min(widest, cap),
+                d_out=COVERAGE_LAYER["d_out"],
+                depth=COVERAGE_LAYER["depth"],
+                trees=COVERAGE_LAYER["trees"],
+                bias=turn % 2 == 0,
+                activation=activation,
+                dtype=dtype,
+                seed=(seed * 6007 + index * 97 + number) % 2**32,
+                weights="integer" if style == "exact" else "init",
+            )
+            layouts = ADAPTERS[array_type].layouts
+            spec = InputSpec(
+                leading=(16 if style == "small" else COVERAGE_ROWS,),
+                values={"exact": "integers", "specials": "specials"}.get(style, "normal"),
+                layout=layouts[turn % len(layouts)],
+                dtype=dtype,
+                seed=(seed * 7901 + index * 89 + number) % 2**32,
+                exponent=1,
+                force_ties=style == "exact",
+            )
+            found.append(_case(target, layer, spec, array_type, turn + number))
     return found
 
 
@@ -84,24 +140,29 @@ def threshold_cases(target: Target, thresholds: tuple[int, ...], seed: int) -> l
             spec = InputSpec(
                 leading=(size,), values="normal", dtype=dtype, seed=(seed + size + index) % 2**32, exponent=1
             )
-            found.append(_case(target, layer, spec, array_type))
+            found.append(_case(target, layer, spec, array_type, seed + size))
     return found
 
 
-def _case(target: Target, layer: LayerSpec, spec: InputSpec, array_type: str) -> Case:
-    params_type = "numpy" if "numpy" in target.array_types else array_type
-    return Case(layer, spec, array_type, "cpu" if array_type == "numpy" else target.device, params_type)
+def _case(target: Target, layer: LayerSpec, spec: InputSpec, array_type: str, turn: int) -> Case:
+    """The case with the ``turn``-th of the parameters' array types the strategies offer, in the
+    ``turn``-th of the layouts its library offers (so runs with different seeds see different ones)."""
+    kinds = target.params_array_types(layer.dtype, array_type)
+    params_type = kinds[turn % len(kinds)]
+    layouts = ADAPTERS[params_type].layouts
+    device = "cpu" if array_type == "numpy" else target.device
+    return Case(layer, spec, array_type, device, params_type, layouts[turn % len(layouts)])
 
 
 #: Sizes of the fixed large cases, one chosen by the run's seed: none a multiple of 64 or of 3.
 LARGE_FIXED_BATCHES = (4097, 8193, 6145, 2051)
 
 
-def large_fixed_cases(target: Target, seed: int) -> list[Case]:
-    """In every run: the paper's layer (width 768, depth 11, one tree) on a few thousand rows, and a
-    narrow layer on 8193, both in the first (dtype, array type) of the run (the drawn large cases
-    cover the rest, but a handful of draws may all be small)."""
-    dtype, array_type = target.combinations[0]
+def large_fixed_cases(target: Target, seed: int, index: int = 0) -> list[Case]:
+    """The paper's layer (width 768, depth 11, one tree) on a few thousand rows, and a narrow layer on
+    8193, both in the ``index``-th (dtype, array type) of the run (every run checks the first; the drawn
+    large cases cover the rest, but a handful of draws may all be small)."""
+    dtype, array_type = target.combinations[index]
     cap = target.max_d_in(dtype)
     batch = LARGE_FIXED_BATCHES[seed % len(LARGE_FIXED_BATCHES)]
     layers = [
@@ -116,6 +177,7 @@ def large_fixed_cases(target: Target, seed: int) -> list[Case]:
             layer,
             InputSpec(leading=(size,), values="normal", dtype=dtype, seed=(seed + size) % 2**32, exponent=1),
             array_type,
+            seed + size,
         )
         for layer, size in zip(layers, sizes, strict=True)
     ]
