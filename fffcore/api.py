@@ -9,12 +9,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fffcore.arrays import array_type
+from fffcore.arrays import array_type, masked_array_error, require_dense_tensor
 from fffcore.backend import Backend
 from fffcore.bridging import Bridge, array_device, bridged_params, describe_device, find_bridge
 from fffcore.params import FFFParams
-from fffcore.registry import registry
-from fffcore.selection import _forget_hooks, automatic_backend, requested_backend
+from fffcore.selection import _forget_hooks, automatic_backend, named_backend, requested_backend
 from fffcore.spec import FLOATING_DTYPES, dtype_name, is_floating
 
 
@@ -111,6 +110,8 @@ def dispatch_for(x: Any, params: FFFParams, name: str | None) -> Dispatch:
     """
     if not isinstance(params, FFFParams):
         raise TypeError(f"params: expected FFFParams, got {type(params).__name__}")
+    if params._versions is not None:  # torch parameters: refuse ones written since construction
+        params.require_unchanged()
     shape = x.shape
     if len(shape) < 1:
         raise ValueError(f"x: expected an array of shape (..., {params.d_in}), got a 0-D array")
@@ -119,21 +120,31 @@ def dispatch_for(x: Any, params: FFFParams, name: str | None) -> Dispatch:
     x_dtype = dtype_name(x.dtype)
     if not is_floating(x_dtype):
         raise TypeError(f"x: expected a real floating dtype {FLOATING_DTYPES}, got {x_dtype}")
+    requested = name
     name = requested_backend(name)
     kind = array_type(x)
+    if kind == "torch":
+        require_dense_tensor(x, "x")
     device = array_device(x, kind)
     key = (name, kind, device, _registry_generation[0])
     dispatches = params._dispatches
     found = dispatches.get(key)
     if found is not None:
         return found
-    dispatch = _new_dispatch(x, params, name, kind, device)
+    dispatch = _new_dispatch(x, params, name, kind, device, from_argument=requested is not None)
     dispatches[key] = dispatch
     return dispatch
 
 
-def _new_dispatch(x: Any, params: FFFParams, name: str | None, kind: str, device: str) -> Dispatch:
-    backend = registry().get(name) if name is not None else automatic_backend(kind, device, params)
+def _new_dispatch(
+    x: Any, params: FFFParams, name: str | None, kind: str, device: str, *, from_argument: bool
+) -> Dispatch:
+    if kind == "numpy.ma":
+        raise masked_array_error("x")
+    if name is None:
+        backend = automatic_backend(kind, device, params)
+    else:
+        backend = named_backend(name, from_argument=from_argument)
     if params.dtype not in backend.dtypes:
         raise TypeError(f"params: backend {backend.name!r} computes in {', '.join(backend.dtypes)}, got {params.dtype}")
     if params.activation not in backend.activations:
@@ -142,11 +153,11 @@ def _new_dispatch(x: Any, params: FFFParams, name: str | None, kind: str, device
             f"got activation {params.activation!r}"
         )
     bridge = None
-    if kind not in backend.array_types:
+    if kind not in backend.array_types or device not in backend.devices:  # the latter: a TypeError
         bridge = _bridge_to(backend, x, kind, "x")
     taken = None
     params_kind = params.array_type
-    if params_kind not in backend.array_types:
+    if params_kind not in backend.array_types or array_device(params.w_in, params_kind) not in backend.devices:
         taken = bridged_params(params, _bridge_to(backend, params.w_in, params_kind, "params"))
     prepared = backend.prepare_fff(taken or params)
     return Dispatch(backend, bridge, taken, prepared if prepared is not None else backend.fff)

@@ -102,11 +102,6 @@ def _torch() -> Any:
     return sys.modules["torch"]
 
 
-def _require_strided(x: Any) -> None:
-    if x.layout is not _torch().strided:
-        raise TypeError(f"x: expected a dense (strided) torch tensor, got layout {x.layout}")
-
-
 def _torch_to_numpy(x: Any, dtype: str) -> np.ndarray:
     try:
         # The common case first: a dense CPU tensor of a numpy dtype that needs no gradient.
@@ -115,7 +110,6 @@ def _torch_to_numpy(x: Any, dtype: str) -> np.ndarray:
     except (RuntimeError, TypeError):
         pass
     torch = _torch()
-    _require_strided(x)
     if x.requires_grad:  # inference only: the result never carries a graph
         x = x.detach()
     if x.dtype is torch.bfloat16:  # numpy has no bfloat16: one conversion, by torch
@@ -151,7 +145,6 @@ def _torch_to_cupy(x: Any, dtype: str) -> Any:
     import cupy
 
     torch = _torch()
-    _require_strided(x)
     if x.requires_grad:
         x = x.detach()
     if x.dtype is torch.bfloat16:  # cupy's kernels take no bfloat16: one conversion, by torch
@@ -234,7 +227,8 @@ def bridged_params(params: Any, bridge: Bridge) -> Any:
     w_in, b_in, w_out = (
         None if a is None else bridge.to_target(a, params.dtype) for a in (params.w_in, params.b_in, params.w_out)
     )
-    return FFFParams(w_in, b_in, w_out, params.activation)
+    # Views of the caller's parameters, whose own checks (torch version counters) cover them.
+    return FFFParams(w_in, b_in, w_out, params.activation, copy=False)
 
 
 __all__ = ["Bridge", "array_device", "bridged_params", "describe_device", "find_bridge"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,7 +30,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command is None:
         parser.print_help()
         return 2
-    return int(arguments.func(arguments))
+    try:
+        code = int(arguments.func(arguments))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, rather than at exit
+    except BrokenPipeError:
+        # The reader went away (`fff backends --json | head`): stop quietly, as command-line tools do.
+        # Python flushes stdout again at exit, so point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":

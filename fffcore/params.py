@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fffcore.arrays import array_type
+from fffcore.arrays import array_type, masked_array_error, require_dense_tensor
 from fffcore.spec import (
     ACTIVATIONS,
     DEFAULT_ACTIVATION,
@@ -30,17 +30,29 @@ class FFFParams:
         w_out: (K, N, d_out) output weights, one row per node.
         activation: one of :data:`fffcore.spec.ACTIVATIONS`.
 
-    All arrays share one floating dtype and one array type. numpy arrays are
-    stored as read-only C-contiguous views (a copy only when the input was not
-    contiguous), so later changes to the caller's arrays through other views
-    are the caller's business, and fffcore itself never writes to them. Arrays
-    of other libraries (torch tensors, cupy arrays) are kept as given.
+    All arrays share one floating dtype and one array type.
+
+    The values are fixed at construction, for every backend alike:
+
+    - numpy arrays are copied into read-only C-contiguous arrays these parameters own, so
+      writing to the caller's arrays afterwards changes nothing here. ``copy=False`` skips
+      the copy where it can (read-only views of the caller's arrays, for layers too large to
+      hold twice); the caller then promises not to write to them, since backends that
+      converted them already would not see the change.
+    - torch tensors are kept as given (no second copy in device memory), and their version
+      counters are remembered: a call after one of them was written in place raises a
+      ``ValueError`` instead of computing with a mix of old and new values.
+      :class:`fffcore.torch.FFFInference` builds new parameters after each such write.
+      (Tensors made under ``torch.inference_mode`` keep no version counter; writes to
+      them cannot be noticed.)
+    - cupy arrays are kept as given; writing to them after construction is not supported.
     """
 
     w_in: Any
     b_in: Any
     w_out: Any
     activation: str = DEFAULT_ACTIVATION
+    copy: InitVar[bool] = True
     # Derived once in __post_init__; listed here so the dataclass repr shows them.
     depth: int = field(init=False)
     trees: int = field(init=False)
@@ -51,11 +63,13 @@ class FFFParams:
     #: fffcore's dispatch decisions for these parameters (see ``fffcore.api.dispatch_for``): kept on
     #: the object itself so they die with it and cost one attribute read to find.
     _dispatches: dict[Any, Any] = field(init=False, repr=False, default_factory=dict)
+    #: The torch tensors' version counters at construction, or None (see :meth:`require_unchanged`).
+    _versions: tuple[int, ...] | None = field(init=False, repr=False, default=None)
 
-    def __post_init__(self) -> None:
-        w_in = _as_array(self.w_in, "w_in")
-        w_out = _as_array(self.w_out, "w_out")
-        b_in = None if self.b_in is None else _as_array(self.b_in, "b_in")
+    def __post_init__(self, copy: bool) -> None:
+        w_in = _as_array(self.w_in, "w_in", copy)
+        w_out = _as_array(self.w_out, "w_out", copy)
+        b_in = None if self.b_in is None else _as_array(self.b_in, "b_in", copy)
 
         if len(w_in.shape) != 3:
             raise ValueError(
@@ -107,6 +121,7 @@ class FFFParams:
             ("d_in", d_in),
             ("d_out", d_out),
             ("dtype", dtype),
+            ("_versions", _torch_versions(w_in, b_in, w_out)),
         ):
             object.__setattr__(self, name, value)
 
@@ -130,6 +145,24 @@ class FFFParams:
                 value = value.view()
                 value.flags.writeable = False
             object.__setattr__(self, name, value)
+        # unpickled tensors start new version counters
+        object.__setattr__(self, "_versions", _torch_versions(self.w_in, self.b_in, self.w_out))
+
+    def require_unchanged(self) -> None:
+        """Raise a ValueError when a torch tensor of these parameters was written since construction.
+
+        Backends may have converted or cached the values they first saw, so computing on would
+        mix old and new weights. Costs a few attribute reads; fffcore calls it on every call.
+        """
+        if self._versions is None or _torch_versions(self.w_in, self.b_in, self.w_out) == self._versions:
+            return
+        names = ("w_in", "b_in", "w_out")
+        current = _torch_versions(self.w_in, self.b_in, self.w_out) or ()
+        changed = [name for name, old, new in zip(names, self._versions, current, strict=True) if old != new]
+        raise ValueError(
+            f"params: {', '.join(changed)} changed in place after these FFFParams were built; "
+            "build new FFFParams from the changed tensors (fffcore.torch.FFFInference does so itself)"
+        )
 
     @property
     def has_bias(self) -> bool:
@@ -149,11 +182,12 @@ class FFFParams:
             None if self.b_in is None else self.b_in.astype(target),
             self.w_out.astype(target),
             self.activation,
+            copy=False,  # the arrays are new and nobody else holds them
         )
 
     def with_activation(self, activation: str) -> FFFParams:
         """The same weights with another activation (no copy)."""
-        return FFFParams(self.w_in, self.b_in, self.w_out, activation)
+        return FFFParams(self.w_in, self.b_in, self.w_out, activation, copy=False)
 
     def _require_numpy(self, what: str) -> None:
         if self.array_type != "numpy":
@@ -202,23 +236,40 @@ class FFFParams:
             None if b_in is None else b_in.astype(target),
             w_out.astype(target),
             activation,
+            copy=False,  # the arrays are new and nobody else holds them
         )
 
 
-def _as_array(value: Any, name: str) -> Any:
-    """numpy arrays become read-only, contiguous, native-byte-order views; other array types pass through.
+def _torch_versions(w_in: Any, b_in: Any, w_out: Any) -> tuple[int, ...] | None:
+    """The version counters of torch parameters; None for other arrays and for inference tensors."""
+    if array_type(w_in) != "torch" or w_in.is_inference():
+        return None
+    return (w_in._version, -1 if b_in is None else b_in._version, w_out._version)
+
+
+def _as_array(value: Any, name: str, copy: bool = True) -> Any:
+    """numpy arrays become read-only, contiguous, native-byte-order arrays (copies unless ``copy``
+    is false); other array types pass through.
 
     A non-native byte order (``astype('>f4')`` on a little-endian machine) is converted once,
     here: compiled kernels read memory in the machine's order and would compute garbage.
     """
+    if value is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if isinstance(value, np.ma.MaskedArray):
+        raise masked_array_error(name)
     if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.ndarray):
+        if array_type(value) == "torch":
+            require_dense_tensor(value, name)
         return value
     try:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
         raise TypeError(f"{name}: expected an array, got {type(value).__name__}: {error}") from error
     if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
+        array = array.astype(array.dtype.newbyteorder("="), order="C")  # a new array already
+    elif copy:
+        array = np.array(array, order="C", copy=True)
     array = np.ascontiguousarray(array)
     view = array.view()
     view.flags.writeable = False

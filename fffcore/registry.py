@@ -94,7 +94,9 @@ class Registry:
                     cached = backend.availability()
                     if not isinstance(cached, Availability):
                         raise TypeError(f"availability() returned {type(cached).__name__}, not Availability")
-                except Exception as error:  # a broken check must not break listing
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as error:  # a broken check (even one calling sys.exit) must not break listing
                     cached = Availability(False, f"availability check raised {one_line(error)}", backend.install)
                 self._availability[name] = cached
         return cached
@@ -215,7 +217,7 @@ def _register_plugin(manager: pluggy.PluginManager, result: Registry, plugin_nam
         for backend in found:
             if backend.name in result.backends or any(b.name == backend.name for b in found if b is not backend):
                 raise ValueError(f"backend name {backend.name!r} is already registered")
-    except Exception:
+    except BaseException:
         manager.unregister(name=plugin_name)
         raise
     for backend in found:
@@ -237,7 +239,9 @@ def _check_backend(backend: object, plugin_name: str) -> None:
 def _guarded(result: Registry, plugin_name: str, action: Any) -> None:
     try:
         action()
-    except Exception as error:  # one broken plugin must never break the others
+    except KeyboardInterrupt:  # the user stopping the program is not a broken plugin
+        raise
+    except BaseException as error:  # one broken plugin, even one calling sys.exit, must never break the others
         result.broken.append(BrokenPlugin(plugin_name, one_line(error)))
 
 

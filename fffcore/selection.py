@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from fffcore.arrays import array_type
 from fffcore.backend import Backend
 from fffcore.bridging import array_device, find_bridge
-from fffcore.registry import registry
+from fffcore.registry import BackendUnavailableError, UnknownBackendError, registry
 
 if TYPE_CHECKING:
     from fffcore.params import FFFParams
@@ -43,10 +43,12 @@ _automatic: dict[tuple[str, str, str, str, str, str], Backend] = {}
 def use_backend(name: str) -> Iterator[Backend]:
     """Use the named backend for every call inside the ``with`` block that names none.
 
-    The name is checked on entry: an unknown name raises
-    :class:`~fffcore.registry.UnknownBackendError`, an unavailable one
-    :class:`~fffcore.registry.BackendUnavailableError`.
+    The name is checked on entry: anything but a string raises a ``TypeError``,
+    an unknown name :class:`~fffcore.registry.UnknownBackendError`, an
+    unavailable one :class:`~fffcore.registry.BackendUnavailableError`.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"use_backend: expected a backend name (str), got {type(name).__name__}: {name!r}")
     backend = registry().get(name)
     token = _context_backend.set(name)
     try:
@@ -60,22 +62,56 @@ def select_backend(x: Any, name: str | None = None, params: FFFParams | None = N
 
     Without ``params`` the automatic choice considers every dtype and activation.
     """
+    requested = name
     name = requested_backend(name)
     if name is not None:
-        return registry().get(name)
+        return named_backend(name, from_argument=requested is not None)
     kind = array_type(x)
     return automatic_backend(kind, array_device(x, kind), params)
 
 
 def requested_backend(name: str | None) -> str | None:
-    """The name chosen by the argument, the context or ``FFFCORE_BACKEND``, in that order; None for automatic."""
+    """The name chosen by the argument, the context or ``FFFCORE_BACKEND``, in that order; None for automatic.
+
+    The variable's value is stripped of surrounding blanks; set but blank means automatic.
+    """
     if name is None:
         name = _context_backend.get()
         if name is None:
-            name = _environment_backend() or None
+            name = _environment_backend()
+            if name is not None:
+                name = name.strip() or None
     if name is not None and not isinstance(name, str):
         raise TypeError(f"backend: expected a backend name (str) or None, got {type(name).__name__}")
     return name
+
+
+def named_backend(name: str, *, from_argument: bool) -> Backend:
+    """The backend ``name`` (from :func:`requested_backend`), ready to run.
+
+    When the name came from ``FFFCORE_BACKEND`` rather than from the call or a
+    :func:`use_backend` block, a failed lookup says so, since nothing in the
+    failing call names it.
+    """
+    try:
+        return registry().get(name)
+    except (UnknownBackendError, BackendUnavailableError) as error:
+        if from_argument or _context_backend.get() is not None:
+            raise
+        raise type(error)(f"{BACKEND_VARIABLE}={_environment_backend()!r} in the environment: {error}") from None
+
+
+def environment_problem() -> str | None:
+    """Why the backend ``FFFCORE_BACKEND`` names cannot run here (every call naming none would fail), or None."""
+    raw = _environment_backend()
+    name = None if raw is None else raw.strip()
+    if not name:
+        return None
+    try:
+        registry().get(name)
+    except (UnknownBackendError, BackendUnavailableError) as error:
+        return f"{BACKEND_VARIABLE}={raw!r} in the environment: {error}"
+    return None
 
 
 # os.environ.get of a variable that is not set raises and catches a KeyError inside: 0.7 us on

@@ -108,14 +108,21 @@ def test_inputs_are_never_written(recorder):
     assert torch.equal(x, before)
 
 
-def test_a_tensor_on_another_device_is_a_type_error_naming_both_devices(recorder):
-    x = torch.empty(2, 6, device="meta")
+def test_a_tensor_on_another_device_is_a_type_error_naming_both_devices(use_registry, monkeypatch):
+    # a backend that computes on cuda only, given a CPU tensor (a machine without a GPU has no other device)
+    monkeypatch.delenv("FFFCORE_BACKEND", raising=False)
+    use_registry(("elsewhere", plugin_with(FakeBackend("elsewhere", devices=("cuda",), array_types=("torch",)))))
     with pytest.raises(
-        TypeError, match=r"x: backend 'recorder' computes on cpu with numpy arrays, got a torch tensor on meta"
+        TypeError, match=r"x: backend 'elsewhere' computes on cuda with torch arrays, got a torch tensor on cpu"
     ):
-        fffcore.fff(x, PARAMS, backend="recorder")
-    with pytest.raises(TypeError, match="no available backend takes torch arrays on meta"):
-        fffcore.fff(x, PARAMS)
+        fffcore.fff(torch.ones(2, 6), PARAMS, backend="elsewhere")
+
+
+def test_a_tensor_on_the_meta_device_is_a_type_error_saying_it_holds_no_values(recorder):
+    x = torch.empty(2, 6, device="meta")
+    for backend in ("recorder", None):
+        with pytest.raises(TypeError, match=r"^x: a torch tensor on the meta device holds no values"):
+            fffcore.fff(x, PARAMS, backend=backend)
 
 
 def test_a_sparse_tensor_is_a_type_error(recorder):

@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, set_parallel_chunksize
 
+from fffcore import forking
 from fffcore.backends.numba.activations import activate
 from fffcore.backends.numba.sizes import DEFAULT_BLOCK, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
 
@@ -511,8 +512,13 @@ def _dynamic_blocks(*args) -> None:
 
 
 def _walk_tree(rows: int):
-    """The parallel kernel, or the serial one below :data:`PARALLEL_MIN_ROWS` rows."""
-    return _dynamic_blocks if rows >= PARALLEL_MIN_ROWS else _walk_tree_serial
+    """The parallel kernel, or the serial one below :data:`PARALLEL_MIN_ROWS` rows and in a child
+    forked from a process that ran it (whose inherited thread pool must not be entered, see
+    :mod:`fffcore.forking`)."""
+    if rows < PARALLEL_MIN_ROWS or forking.inherited("numba"):
+        return _walk_tree_serial
+    forking.note_started("numba")
+    return _dynamic_blocks
 
 
 def choose_split(rows: int, levels: int, block: int) -> int:

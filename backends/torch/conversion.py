@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fffcore import forking
 from fffcore.arrays import array_type
 from fffcore.backends.torch.prepared import torch_dtype
 
@@ -22,9 +23,11 @@ def compute_rows(x: Any, dtype: str) -> Any:
     """(B, d_in) ``x`` as a tensor of ``dtype``: torch input on its own device, numpy input on the CPU.
 
     Never writes to ``x``; the result may share its memory, so callers must not write to it either.
+    In a forked child, first limits torch to one thread (see :mod:`fffcore.forking`).
     """
     import torch
 
+    forking.limit_torch_in_forked_child()
     if isinstance(x, torch.Tensor):
         return x.to(dtype=torch_dtype(dtype))
     if dtype == "bfloat16":  # the result would have to come back as numpy, which has no bfloat16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -15,12 +16,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    """List the backends; exit status 1 when ``FFFCORE_BACKEND`` names one that cannot run here."""
     from fffcore import list_backends
+    from fffcore.selection import environment_problem
 
     rows = list_backends()
+    problem = environment_problem()
     if arguments.json:
         print(json.dumps([asdict(row) for row in rows], indent=2))
-        return 0
+        return _warn(problem)
     width = max([len(row.name) for row in rows] + [7])
     for row in rows:
         status = "broken" if row.broken else ("available" if row.available else "unavailable")
@@ -42,4 +46,12 @@ def run(arguments: argparse.Namespace) -> int:
     label_width = max(len(label) for label, _ in choices)
     for label, chosen in choices:
         print(f"  {label:<{label_width}}  {chosen}")
-    return 0
+    return _warn(problem)
+
+
+def _warn(problem: str | None) -> int:
+    if problem is None:
+        return 0
+    warning = f"fff backends: warning: {problem}\n  every call that names no backend fails until it is unset"
+    print(warning, file=sys.stderr)
+    return 1

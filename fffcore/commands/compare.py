@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 #: Batch sizes of the default run at the paper's setting: the paper's own. The
@@ -98,6 +99,9 @@ def run(arguments: argparse.Namespace) -> int:
         )
         backends = _backends(arguments.backends)
         baselines = _baselines(arguments.baselines)
+        for option, path in (("--json", arguments.json), ("--plot", arguments.plot)):
+            if path is not None:
+                _require_writable(path, option)
     except ValueError as error:
         print(f"fff compare: {error}", file=sys.stderr)
         return 2
@@ -142,7 +146,14 @@ def run(arguments: argparse.Namespace) -> int:
             "load_average_before": load_before,
             "load_average_after": load_after,
         }
-        write_json(arguments.json, results_to_json(results, describe_machine(in_force), settings))
+        try:
+            write_json(arguments.json, results_to_json(results, describe_machine(in_force), settings))
+        except OSError as error:  # checked before the run, but a disk can fill up meanwhile
+            print(
+                f"fff compare: could not write {arguments.json}: {error}; the table above holds the results",
+                file=sys.stderr,
+            )
+            return 1
         print(f"wrote {arguments.json}")
     if arguments.plot:
         from fffcore.benchmarks.plot import plot_depth
@@ -155,6 +166,26 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"wrote {arguments.plot}")
     wrong = [r for r in results if r.status in ("WRONG", "failed")]
     return 1 if wrong else 0
+
+
+def _require_writable(path: str, option: str) -> None:
+    """A ValueError naming ``option`` unless ``path`` can be written, found before any work is done.
+
+    Probed by opening it for appending (creating its folder as the write would); a file that did
+    not exist before is removed again.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option}: expected a file path, got the folder {path}")
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option}: cannot write {path}: {error.strerror or error}") from None
+    if not existed:
+        target.unlink()
 
 
 class ProgressBar:

@@ -1,0 +1,1 @@
+"""Reliability: what fffcore guarantees under hostile plugins, bad input, fork and long use (docs/reliability.md)."""
