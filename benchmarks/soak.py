@@ -9,10 +9,10 @@ The calls cycle through every available CPU backend, every dtype it declares, ``
 of threads at once. Each case's first result is kept, and every later result of the same case
 must be bit-identical to it: a soak that drifts is a failure, not a slow run.
 
-Reported at the start (after one warm-up pass over every case, which compiles kernels and
-fills caches), and at the end: resident memory (VmRSS), open file descriptors and the
-process's threads (the kernel's count, which includes numba's and torch's pools). What grows
-between the two is what a long-running server would leak.
+Reported after one warm-up pass over every case (which compiles kernels and fills caches) and
+after each of ``--parts`` equal parts of the calls: resident memory (VmRSS), open file
+descriptors and the process's threads (the kernel's count, which includes numba's and torch's
+pools). What keeps growing part after part is what a long-running server would leak.
 """
 
 from __future__ import annotations
@@ -64,6 +64,20 @@ def snapshot() -> Snapshot:
     fields = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in status if ":" in line}
     rss_kib = float(fields["VmRSS"].split()[0])
     return Snapshot(round(rss_kib / 1024, 1), len(os.listdir("/proc/self/fd")), int(fields["Threads"]))
+
+
+def settled_snapshot(limit: float = 2.0) -> Snapshot:
+    """A snapshot once the thread count has held still for half a second (at most ``limit`` s): the
+    OpenMP teams of threads that just finished wind down shortly after them, not at once."""
+    deadline = time.perf_counter() + limit
+    last = snapshot()
+    steady = 0
+    while steady < 5 and time.perf_counter() < deadline:
+        time.sleep(0.1)
+        now = snapshot()
+        steady = steady + 1 if now.threads == last.threads else 0
+        last = now
+    return last
 
 
 def available_cases() -> list[Case]:
@@ -161,41 +175,48 @@ class SoakResult:
     seconds: float
     backends: list[str]
     cases: int
-    start: Snapshot
-    end: Snapshot
+    #: After the warm-up, then after each part of the calls.
+    snapshots: list[Snapshot]
     machine: str
 
 
-def soak(calls: int, seed: int = 0, progress: Any = None) -> SoakResult:
-    """Warm up on every case, snapshot, run ``calls`` calls (a quarter from :data:`THREADS` threads), snapshot."""
-    cases = available_cases()
+def soak(
+    calls: int, seed: int = 0, parts: int = 4, progress: Any = None, cases: Sequence[Case] | None = None
+) -> SoakResult:
+    """Warm up on every case, snapshot, then run ``calls`` calls in ``parts`` equal parts (each with a
+    quarter of its calls from :data:`THREADS` threads at once), snapshotting after each part: growth
+    in the first parts only is a cache filling up; growth in every part is a leak."""
+    cases = list(cases) if cases is not None else available_cases()
     mix = Mix(cases, seed)
     for case in cases:  # warm-up: compile kernels, fill caches, keep each case's first result
         mix.call(case)
-    start = snapshot()
-    rng = np.random.default_rng(seed + 1)
-    order = rng.integers(0, len(cases), calls)
-    serial = calls - calls // 4
+    snapshots = [settled_snapshot()]
+    order = np.random.default_rng(seed + 1).integers(0, len(cases), calls)
     began = time.perf_counter()
-    for done, index in enumerate(order[:serial]):
-        mix.call(cases[index])
-        if progress is not None and done % 10000 == 0:
-            progress(done, calls)
-    with ThreadPoolExecutor(THREADS) as pool:
-        for future in [pool.submit(mix.call, cases[index]) for index in order[serial:]]:
-            future.result()
+    done = threaded = 0
+    for part in np.array_split(order, parts):
+        serial = len(part) - len(part) // 4
+        for index in part[:serial]:
+            mix.call(cases[index])
+            done += 1
+            if progress is not None and done % 10000 == 0:
+                progress(done, calls)
+        with ThreadPoolExecutor(THREADS) as pool:
+            for future in [pool.submit(mix.call, cases[index]) for index in part[serial:]]:
+                future.result()
+        done += len(part) - serial
+        threaded += len(part) - serial
+        snapshots.append(settled_snapshot())
     seconds = time.perf_counter() - began
-    end = snapshot()
     from fffcore.benchmarks.machine import cpu_model
 
     return SoakResult(
         calls=calls,
-        threaded_calls=calls - serial,
+        threaded_calls=threaded,
         seconds=round(seconds, 1),
         backends=sorted({case.backend for case in cases}),
         cases=len(cases),
-        start=start,
-        end=end,
+        snapshots=snapshots,
         machine=f"{cpu_model()}, {os.cpu_count()} cores",
     )
 
@@ -203,22 +224,23 @@ def soak(calls: int, seed: int = 0, progress: Any = None) -> SoakResult:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fffcore.benchmarks.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=100_000, help="calls after the warm-up (default 100000)")
+    parser.add_argument("--parts", type=int, default=4, help="snapshots taken along the way (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the result here")
     arguments = parser.parse_args(argv)
-    if arguments.calls < 1:
-        parser.error(f"--calls: expected a positive integer, got {arguments.calls}")
+    if arguments.calls < 1 or not 1 <= arguments.parts <= arguments.calls:
+        parser.error(f"--calls and --parts: expected 1 <= parts <= calls, got {arguments.parts} and {arguments.calls}")
 
     def progress(done: int, total: int) -> None:
         print(f"  {done}/{total} calls", file=sys.stderr, flush=True)
 
-    result = soak(arguments.calls, arguments.seed, progress)
+    result = soak(arguments.calls, arguments.seed, arguments.parts, progress)
     print(f"{result.calls} calls ({result.threaded_calls} from {THREADS} threads at once) in {result.seconds} s")
     print(f"backends: {', '.join(result.backends)}; {result.cases} cases; {result.machine}")
-    print(f"{'':<18}{'start':>10}{'end':>10}")
-    for name, unit in (("rss_mib", "MiB"), ("open_fds", ""), ("threads", "")):
-        label = f"{name.replace('_', ' ')}{f' ({unit})' if unit else ''}"
-        print(f"{label:<18}{getattr(result.start, name):>10}{getattr(result.end, name):>10}")
+    print(f"{'after calls':<14}{'resident MiB':>14}{'open fds':>10}{'threads':>9}")
+    counts = [0, *(round(result.calls * (part + 1) / arguments.parts) for part in range(arguments.parts))]
+    for count, moment in zip(counts, result.snapshots, strict=True):
+        print(f"{count:<14}{moment.rss_mib:>14}{moment.open_fds:>10}{moment.threads:>9}")
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {arguments.json}")
