@@ -17,6 +17,7 @@ from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBacken
 from fffcore.registry import registry as _registry
 from fffcore.selection import resolve_backend, use_backend
 from fffcore.spec import ACTIVATIONS
+from fffcore.warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "list_backends",
     "resolve_backend",
     "use_backend",
+    "warmup",
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -111,6 +111,11 @@ class Backend:
             (B, d_out) array in ``params.dtype``, in the input's array type and on its device.
         """
         raise NotImplementedError(f"backend {self.name!r} does not implement fff")
+
+    def warmup(self, dtypes: Sequence[str]) -> None:
+        """Optional: compile or load now whatever the first calls in these dtypes (ones the backend
+        declares) would, so that they run at full speed (``fffcore.warmup``, ``fff warmup``).
+        The default does nothing: a backend without compiled kernels has nothing to prepare."""
 
     def prepare_fff(self, params: FFFParams) -> Callable[[Any, FFFParams], Any] | None:
         """Optional: a function ``(x, params) -> y`` doing what :meth:`fff` does, for these parameters.

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 
 #: Subcommand modules; each defines ``add_parser(subparsers)``, which sets ``func``
 #: (taking the parsed arguments, returning the exit code) as the parser default.
-COMMAND_MODULES: tuple[str, ...] = ("fffcore.commands.backends", "fffcore.commands.compare", "fffcore.commands.check")
+COMMAND_MODULES: tuple[str, ...] = (
+    "fffcore.commands.backends",
+    "fffcore.commands.compare",
+    "fffcore.commands.check",
+    "fffcore.commands.warmup",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,9 +5,11 @@ Importing this module imports numba (through :mod:`.kernels`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,19 +31,83 @@ _layer_is_thread_safe = False
 _no_bias: dict[str, np.ndarray] = {}
 
 
+#: Seconds a kernel's first call in this process may take before the user is told it is compiling.
+NOTICE_AFTER_S = 1.0
+_first_calls_seen: set[tuple[str, str]] = set()
+logger = logging.getLogger("fffcore.backends.numba")
+
+
 def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
     """logits (B, K, D+1) in ``params.dtype`` and nodes (B, K, D+1) int64 for (B, d_in) ``x``."""
     rows = _read_only_rows(x, params.dtype)
-    return _guarded(lambda: kernels.run_cmm(rows, params.w_in, *_bias(params)), len(rows))
+    return _guarded(lambda: kernels.run_cmm(rows, params.w_in, *_bias(params)), len(rows), "cmm", params.dtype)
 
 
 def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
     """(B, d_out) FFF output in ``params.dtype`` for (B, d_in) ``x``."""
     rows = _read_only_rows(x, params.dtype)
     if 0 < rows.shape[0] <= kernels.SMALL_MAX_ROWS:  # the row-by-row kernel: serial, no set-up
+        if ("fff row-by-row", params.dtype) not in _first_calls_seen:
+            return _first_call(
+                "fff row-by-row", params.dtype, lambda: kernels._fff_rows_small(rows, *_small_arguments(params))
+            )
         return kernels._fff_rows_small(rows, *_small_arguments(params))
     code = ACTIVATION_CODES[params.activation]
-    return _guarded(lambda: kernels.run_fff(rows, params.w_in, *_bias(params), params.w_out, code), len(rows))
+    return _guarded(
+        lambda: kernels.run_fff(rows, params.w_in, *_bias(params), params.w_out, code), len(rows), "fff", params.dtype
+    )
+
+
+def warm_up(dtypes: Sequence[str]) -> None:
+    """Compile (or load from the disk cache) every kernel a call in these dtypes can use: the
+    row-by-row kernels, the serial walk and the parallel one, for ``fff`` and ``cmm``. Asked for,
+    so no compiling notice is shown."""
+    for dtype in dtypes:
+        for kernel in ("fff row-by-row", "fff serial", "fff parallel", "cmm serial", "cmm parallel"):
+            _first_calls_seen.add((kernel, dtype))
+        params = FFFParams.random(8, 4, 3, dtype=dtype, seed=0)
+        prepared = prepare_fff_rows(params)
+        for rows in (1, kernels.SMALL_MAX_ROWS + 1, kernels.PARALLEL_MIN_ROWS):
+            x = np.zeros((rows, params.d_in), dtype)
+            prepared(x, params)
+            fff_rows(x, params)
+            cmm_rows(x, params)
+
+
+def cache_location() -> str:
+    """Where numba keeps the compiled kernels between processes."""
+    import numba
+
+    if numba.config.CACHE_DIR:
+        return str(numba.config.CACHE_DIR)
+    folder = Path(kernels.__file__).parent / "__pycache__"
+    return f"{folder} (numba's user cache folder where that is not writable)"
+
+
+def _first_call(what: str, dtype: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``, the first of kernel ``what`` in ``dtype`` here; if it takes long (numba is
+    compiling it, no disk cache yet), say so once while it runs, instead of stalling silently."""
+    key = (what, dtype)
+    if key in _first_calls_seen:
+        return call()
+    _first_calls_seen.add(key)
+    timer = threading.Timer(NOTICE_AFTER_S, _announce_compiling, (what, dtype))
+    timer.daemon = True
+    timer.start()
+    try:
+        return call()
+    finally:
+        timer.cancel()
+
+
+def _announce_compiling(what: str, dtype: str) -> None:
+    logger.warning(
+        "fffcore: numba is compiling its %s %s kernel on first use; this takes several seconds once, and "
+        "later processes load it from the disk cache in %s. `fff warmup` compiles every kernel ahead of time.",
+        dtype,
+        what,
+        cache_location(),
+    )
 
 
 def prepare_fff_rows(params: FFFParams) -> Callable[[Any, FFFParams], np.ndarray]:
@@ -71,7 +137,8 @@ def prepare_fff_rows(params: FFFParams) -> Callable[[Any, FFFParams], np.ndarray
             rows = x.view()
             rows.flags.writeable = False
             if not compiled:
-                compiled.append(_compiled_small_kernel(rows, w_in, b_in, has_bias, w_out, code))
+                arguments = (rows, w_in, b_in, has_bias, w_out, code)
+                compiled.append(_first_call("fff row-by-row", params.dtype, lambda: _compiled_small_kernel(*arguments)))
             return compiled[0](rows, w_in, b_in, has_bias, w_out, code)
         return fff_rows(x, params)
 
@@ -124,10 +191,15 @@ def _bias(params: FFFParams) -> tuple[np.ndarray, bool]:
     return stand_in, False
 
 
-def _guarded(call: Any, rows: int) -> Any:
+def _guarded(call: Any, rows: int, operation: str, dtype: str) -> Any:
     """Run ``call``; under the lock when it may enter parallel code on a layer not known to be thread-safe."""
     global _layer_is_thread_safe
-    if _layer_is_thread_safe or rows < kernels.PARALLEL_MIN_ROWS:  # the serial kernels share no state
+    parallel = rows >= kernels.PARALLEL_MIN_ROWS
+    kernel = f"{operation} {'parallel' if parallel else 'serial'}"
+    if (kernel, dtype) not in _first_calls_seen:
+        inner = call
+        call = lambda: _first_call(kernel, dtype, inner)  # noqa: E731
+    if _layer_is_thread_safe or not parallel:  # the serial kernels share no state
         return call()
     with _serial_lock:
         result = call()

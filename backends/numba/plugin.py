@@ -11,6 +11,7 @@ use imports numba anyway.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -74,6 +75,11 @@ class NumbaBackend(Backend):
         from fffcore.backends.numba.calls import prepare_fff_rows
 
         return prepare_fff_rows(params)
+
+    def warmup(self, dtypes: Sequence[str]) -> None:
+        from fffcore.backends.numba.calls import warm_up
+
+        warm_up(dtypes)
 
 
 @hookimpl
