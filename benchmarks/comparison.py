@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from fffcore.benchmarks.cases import Case, Shape
 from fffcore.benchmarks.check import CheckResult, check_fff_output
 from fffcore.benchmarks.implementations import Prepared, Unavailable, prepare
+from fffcore.benchmarks.roofline import Traffic, fff_traffic, probe_size, read_bandwidth
 from fffcore.benchmarks.timing import BUDGET_SECONDS, REPEATS, Timing, time_call
 from fffcore.benchmarks.transfer import to_numpy
 from fffcore.registry import registry
@@ -43,6 +43,9 @@ class Result:
         version: version of the library behind it.
         timing: the measurement (None unless it ran).
         check: the correctness check (None for dense layers, which compute another function).
+        traffic: for fffcore backends, the least a call must move and compute (:mod:`.roofline`).
+        bandwidth: bytes per second this machine reads from a working set of the traffic's size,
+            and how that was measured (set by :func:`add_bandwidth`, after the timings).
     """
 
     case: Case
@@ -54,6 +57,24 @@ class Result:
     version: str = ""
     timing: Timing | None = None
     check: CheckResult | None = None
+    traffic: Traffic | None = None
+    bandwidth: tuple[float, str] | None = None
+
+    @property
+    def achieved_bandwidth(self) -> float | None:
+        """Bytes per second of the least traffic a call must move, at the measured time."""
+        if not self.timed or self.traffic is None:
+            return None
+        assert self.timing is not None
+        return self.traffic.bytes / self.timing.median
+
+    @property
+    def bandwidth_share(self) -> float | None:
+        """The achieved bandwidth over what the machine reads from a working set of the same size."""
+        achieved = self.achieved_bandwidth
+        if achieved is None or self.bandwidth is None:
+            return None
+        return achieved / self.bandwidth[0]
 
     @property
     def timed(self) -> bool:
@@ -149,19 +170,32 @@ def _checked(prepared: Prepared, timing: Timing | Exception) -> Result:
     if isinstance(timing, Exception):
         return Result(case, status=FAILED, reason=f"calling raised {_one_line(timing)}", **base)
     try:
-        check = check_prepared(prepared, timing.output)
+        check = check_prepared(prepared)
     except Exception as error:
         return Result(case, status=FAILED, reason=f"checking raised {_one_line(error)}", timing=timing, **base)
     timing.output = None  # the check is done; do not keep large outputs alive
     if check is not None and not check.ok:
         return Result(case, status=WRONG, reason=check.detail, timing=timing, check=check, **base)
     reason = check.detail if check is not None else "dense baseline (another function): output shape and finiteness"
-    return Result(case, status=OK, reason=reason, timing=timing, check=check, **base)
+    traffic = None
+    if prepared.kind == "fff" and prepared.path is not None and prepared.params is not None:
+        traffic = fff_traffic(prepared.params, prepared.path())
+    return Result(case, status=OK, reason=reason, timing=timing, check=check, traffic=traffic, **base)
 
 
-def check_prepared(prepared: Prepared, output: Any) -> CheckResult | None:
-    """Check a timed output: FFF implementations against the float64 oracle, dense layers for shape and finiteness."""
-    y = to_numpy(output)
+def add_bandwidth(results: Sequence[Result]) -> None:
+    """Measure, for each result with a traffic, the machine's read bandwidth at its working-set size
+    (one probe per size: :func:`fffcore.benchmarks.roofline.read_bandwidth`). Run after the timings,
+    so the probe does not disturb them."""
+    for result in results:
+        if result.timed and result.traffic is not None:
+            result.bandwidth = read_bandwidth(probe_size(result.traffic.bytes))
+
+
+def check_prepared(prepared: Prepared) -> CheckResult | None:
+    """Check the output on the pool's first input (one more call, untimed): FFF implementations
+    against the float64 oracle, dense layers for shape and finiteness."""
+    y = to_numpy(prepared.check_call())
     if prepared.params is None:
         expected = (prepared.rows, prepared.case.shape.d_out)
         if tuple(y.shape) != expected or not np.all(np.isfinite(y)):

@@ -10,9 +10,12 @@ Ids (see :mod:`fffcore.benchmarks.cases`):
   neurons in numpy or torch (:mod:`fffcore.benchmarks.baselines`);
 * ``paper:torch``: the paper's PyTorch FFF (per-level index_select + bmm).
 
-Every implementation of one shape sees the same input rows (standard normal,
+Every implementation of one shape sees the same inputs (standard normal rows,
 like the layer-normed hidden states a BERT feedforward receives) and every FFF
-implementation the same parameters.
+implementation the same parameters. Each timed call takes the next input of a
+pool (:func:`input_pool`), as real inference gets new rows every time: with one
+input repeated, an FFF would follow the same paths and find their weights in
+cache on every call, which a real workload does not.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ class Prepared:
     Attributes:
         case: what this is.
         kind: ``"fff"`` (an fffcore backend), ``"dense"`` or ``"paper"`` (the paper's PyTorch FFF).
-        call: one call of the layer on the timed input, waiting for the device; returns the output.
-        x: (rows, d_in) numpy rows in the shape's dtype, the timed input as numpy.
+        call: one call of the layer on the next input of the pool, waiting for the device.
+        check_call: one call on the pool's first input, ``x``; returns the output the check examines.
+        x: (rows, d_in) numpy rows in the shape's dtype, the pool's first input.
         params: the FFF parameters (None for dense layers, which have their own weights).
         path: for fffcore backends, a function returning the nodes (rows, K, D+1) the
             backend visits on ``x`` (from its ``cmm``), used by the check; None otherwise.
@@ -57,6 +61,7 @@ class Prepared:
     case: Case
     kind: str
     call: Callable[[], Any]
+    check_call: Callable[[], Any]
     x: np.ndarray
     params: FFFParams | None
     path: Callable[[], np.ndarray] | None
@@ -91,6 +96,39 @@ def input_for(shape: Shape, rows: int | None = None) -> np.ndarray:
     return x if rows is None or rows >= shape.batch else x[:rows]
 
 
+#: Inputs in a pool: enough that small batches rarely meet the same rows twice in a sample,
+#: within POOL_BYTES for large ones (two at least, so no call repeats the one before).
+POOL_MAX = 64
+POOL_BYTES = 64 * 2**20
+
+
+def pool_size(rows: int, d_in: int, dtype: str) -> int:
+    """How many different inputs of ``rows`` rows the timed calls rotate through."""
+    size = max(1, rows * d_in * np.dtype(dtype).itemsize)
+    return max(2, min(POOL_MAX, POOL_BYTES // size))
+
+
+def input_pool(shape: Shape, rows: int | None = None) -> list[np.ndarray]:
+    """Different (rows, d_in) inputs of ``shape``, the first being :func:`input_for`'s."""
+    first = input_for(shape, rows)
+    count = pool_size(first.shape[0], shape.d_in, shape.dtype)
+    rng = np.random.default_rng(INPUT_SEED + 1)
+    others = [rng.standard_normal(first.shape).astype(shape.dtype) for _ in range(count - 1)]
+    return [first, *others]
+
+
+def rotating(call_on: Callable[[Any], Any], inputs: list[Any]) -> Callable[[], Any]:
+    """A call on the next of ``inputs`` each time (cycling)."""
+    position = [0]
+
+    def call() -> Any:
+        x = inputs[position[0]]
+        position[0] = (position[0] + 1) % len(inputs)
+        return call_on(x)
+
+    return call
+
+
 def availability(implementation: str) -> str:
     """Empty when ``implementation`` can run here, else why not and how to fix it."""
     family, _, rest = implementation.partition(":")
@@ -121,10 +159,10 @@ def prepare(case: Case, rows: int | None = None) -> Prepared:
     if reason:
         raise Unavailable(reason)
     family = case.implementation.split(":", 1)[0]
-    return _PREPARERS[family](case, input_for(case.shape, rows))
+    return _PREPARERS[family](case, input_pool(case.shape, rows))
 
 
-def _prepare_backend(case: Case, x: np.ndarray) -> Prepared:
+def _prepare_backend(case: Case, pool: list[np.ndarray]) -> Prepared:
     import fffcore
 
     name = case.implementation.split(":", 1)[1]
@@ -132,9 +170,9 @@ def _prepare_backend(case: Case, x: np.ndarray) -> Prepared:
     params = params_for(case.shape)
     library = backend.array_types[0]
     device = "cpu" if "cpu" in backend.devices else backend.devices[0]
-    x_there = to_library(x, library, device)
+    there = [to_library(x, library, device) for x in pool]
 
-    def call() -> Any:
+    def call_on(x_there: Any) -> Any:
         y = fffcore.fff(x_there, params, backend=name)
         synchronize(y)
         return y
@@ -142,9 +180,19 @@ def _prepare_backend(case: Case, x: np.ndarray) -> Prepared:
     def path() -> np.ndarray:
         from fffcore.benchmarks.transfer import to_numpy
 
-        return to_numpy(fffcore.cmm(x_there, params, backend=name).nodes)
+        return to_numpy(fffcore.cmm(there[0], params, backend=name).nodes)
 
-    return Prepared(case, "fff", call, x, params, path, f"{library}/{device}", backend.version())
+    return Prepared(
+        case,
+        "fff",
+        rotating(call_on, there),
+        lambda: call_on(there[0]),
+        pool[0],
+        params,
+        path,
+        f"{library}/{device}",
+        backend.version(),
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -157,36 +205,56 @@ def _dense_layer(library: str, d_in: int, hidden: int, d_out: int, dtype: str) -
     return builders[library](d_in, hidden, d_out, dtype=dtype, seed=DENSE_SEED)
 
 
-def _prepare_dense(case: Case, x: np.ndarray) -> Prepared:
+def _prepare_dense(case: Case, pool: list[np.ndarray]) -> Prepared:
     _, library, hidden = case.implementation.split(":")
     shape = case.shape
     layer = _dense_layer(library, shape.d_in, int(hidden), shape.d_out, shape.dtype)
-    x_there = to_library(x, library)
+    there = [to_library(x, library) for x in pool]
 
-    def call() -> Any:
+    def call_on(x_there: Any) -> Any:
         y = layer(x_there)
         synchronize(y)
         return y
 
-    return Prepared(case, "dense", call, x, None, None, f"{library}/cpu", _library_version(library))
+    return Prepared(
+        case,
+        "dense",
+        rotating(call_on, there),
+        lambda: call_on(there[0]),
+        pool[0],
+        None,
+        None,
+        f"{library}/cpu",
+        _library_version(library),
+    )
 
 
-def _prepare_paper(case: Case, x: np.ndarray) -> Prepared:
+def _prepare_paper(case: Case, pool: list[np.ndarray]) -> Prepared:
     from fffcore.benchmarks.baselines import make_paper_torch_fff
 
     params = params_for(case.shape)
     layer = make_paper_torch_fff(params)
-    x_there = to_library(x, "torch")
+    there = [to_library(x, "torch") for x in pool]
 
-    def call() -> Any:
+    def call_on(x_there: Any) -> Any:
         y = layer(x_there)
         synchronize(y)
         return y
 
-    return Prepared(case, "paper", call, x, params, None, "torch/cpu", _library_version("torch"))
+    return Prepared(
+        case,
+        "paper",
+        rotating(call_on, there),
+        lambda: call_on(there[0]),
+        pool[0],
+        params,
+        None,
+        "torch/cpu",
+        _library_version("torch"),
+    )
 
 
-_PREPARERS: dict[str, Callable[[Case, np.ndarray], Prepared]] = {
+_PREPARERS: dict[str, Callable[[Case, list[np.ndarray]], Prepared]] = {
     "fff": _prepare_backend,
     "dense": _prepare_dense,
     "paper": _prepare_paper,

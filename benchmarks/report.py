@@ -11,6 +11,7 @@ from typing import Any
 
 from fffcore.benchmarks.cases import Shape
 from fffcore.benchmarks.comparison import OK, WRONG, Result, shapes_of, speedups
+from fffcore.benchmarks.roofline import probe_size
 
 JSON_FORMAT = "fffcore-compare/1"
 
@@ -63,6 +64,8 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
         "rows/s",
         *[f"vs dense {h}" for h in shape.dense_hidden],
         "vs reference",
+        "GB/s",
+        "of bw",
     ]
     table = []
     notes = []
@@ -95,6 +98,8 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                 format_rate(result.rows_per_second),
                 *[format_speedup(ratios[f"dense{h}"]) for h in shape.dense_hidden],
                 format_speedup(ratios["reference"]),
+                "-" if result.achieved_bandwidth is None else f"{result.achieved_bandwidth / 1e9:.1f}",
+                "-" if result.bandwidth_share is None else f"{100 * result.bandwidth_share:.0f}%",
             ]
         )
     lines = [shape.describe(), f"theoretical limit (dense neurons / visited neurons): {limits}"]
@@ -121,7 +126,9 @@ def legend(threads: dict[str, str]) -> str:
         "time/call: median over the samples; spread: half the interquartile range, relative to the median; "
         "rows/s and 'vs' speedups per row, within this run; 'vs dense H' is over the faster of numpy and torch "
         "dense layers of H hidden neurons; check 'ok': the output agrees with the float64 oracle within derived "
-        f"rounding bounds, 'n/a': a dense layer (another function).\nthreads: {pinned}"
+        "rounding bounds, 'n/a': a dense layer (another function); GB/s: the least a call must move (x, y and "
+        "each visited weight row once) over its time; of bw: that over what this machine reads per second from "
+        f"a working set of the same size, measured after the timings.\nthreads: {pinned}"
     )
 
 
@@ -166,6 +173,18 @@ def results_to_json(results: Sequence[Result], machine: dict[str, Any], settings
             entry["speedups"] = speedups(results, result)
         if result.check is not None:
             entry["check"] = asdict(result.check)
+        if result.traffic is not None:
+            entry["roofline"] = {
+                **asdict(result.traffic),
+                "achieved_bytes_per_s": result.achieved_bandwidth,
+                "achieved_flops_per_s": None
+                if result.achieved_bandwidth is None
+                else result.traffic.flops / result.timing.median,  # type: ignore[union-attr]
+                "machine_read_bytes_per_s": None if result.bandwidth is None else result.bandwidth[0],
+                "measured_with": None if result.bandwidth is None else result.bandwidth[1],
+                "probe_bytes": probe_size(result.traffic.bytes),
+                "share": result.bandwidth_share,
+            }
         entries.append(entry)
     return {"format": JSON_FORMAT, "machine": machine, "settings": settings, "shapes": shapes, "results": entries}
 

@@ -323,3 +323,46 @@ def test_suite_smoke_runs_a_tiny_case():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 passed" in run.stdout  # test_layer for both, test_first_call for the reference
+
+
+def test_every_timed_call_takes_the_next_input_of_a_pool_and_the_check_uses_the_first():
+    from fffcore.benchmarks.implementations import POOL_MAX, input_for, input_pool, pool_size, prepare
+
+    shape = case_table.tiny_shapes()[0]
+    pool = input_pool(shape)
+    assert pool[0] is input_for(shape) and 2 <= len(pool) <= POOL_MAX
+    assert all(not np.array_equal(pool[0], other) for other in pool[1:])
+    assert pool_size(16384, 768, "float32") == 2 and pool_size(1, 768, "float32") == POOL_MAX
+
+    prepared = prepare(case_table.Case(shape, "fff:reference"))
+    outputs = [np.array(prepared.call()) for _ in range(len(pool) + 1)]
+    assert not np.array_equal(outputs[0], outputs[1])  # a new input each call
+    np.testing.assert_array_equal(outputs[0], outputs[-1])  # ... cycling through the pool
+    np.testing.assert_array_equal(np.asarray(prepared.check_call()), outputs[0])  # checked on the first
+
+
+def test_traffic_counts_each_visited_weight_row_once_and_the_flops_along_every_path():
+    from fffcore.benchmarks.roofline import fff_traffic, probe_size
+
+    params = FFFParams.random(5, 3, 1, dtype="float32", seed=0)  # depth 1: nodes 0, 1, 2
+    nodes = np.array([[[0, 1]], [[0, 2]], [[0, 1]]])  # three rows, node 1 visited twice
+    traffic = fff_traffic(params, nodes)
+    assert traffic.visited_nodes == 3
+    assert traffic.bytes == 4 * (3 * 5 + 3 * 3 + 3 * (5 + 3 + 1))  # x, y, and w_in, w_out, b_in rows once
+    assert traffic.flops == 3 * 1 * 2 * (2 * 5 + 2 * 3 + 1)
+    assert probe_size(1) == 2**20 and probe_size(3 * 2**20) == 4 * 2**20 and probe_size(4 * 2**20) == 4 * 2**20
+
+
+def test_compare_reports_the_roofline_of_each_fff_row(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    code = main(
+        ["compare", "--shapes", "tiny", "--backends", "reference", "--quiet", "--repeats", "2", "--json", str(path)]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "GB/s" in out and "of bw" in out
+    entries = json.loads(path.read_text())["results"]
+    fff = [e for e in entries if e["implementation"] == "fff:reference"]
+    assert fff and all(0 < e["roofline"]["share"] for e in fff)
+    assert all(e["roofline"]["machine_read_bytes_per_s"] > 0 and e["roofline"]["measured_with"] for e in fff)
+    assert all("roofline" not in e for e in entries if e["kind"] == "dense")

@@ -68,7 +68,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     from fffcore.benchmarks import cases as case_table
-    from fffcore.benchmarks.comparison import run_comparison
+    from fffcore.benchmarks.comparison import add_bandwidth, run_comparison
     from fffcore.benchmarks.machine import (
         available_cores,
         describe_machine,
@@ -121,6 +121,7 @@ def run(arguments: argparse.Namespace) -> int:
         cases, row_caps=row_caps, repeats=arguments.repeats, budget=arguments.budget, progress=progress
     )
     elapsed = time.perf_counter() - started
+    add_bandwidth(results)  # after the timings, so that the probe does not disturb them
     in_force = thread_settings()  # after the run: torch and numba report once they have been imported
     load_after = load_average()
 
