@@ -9,6 +9,7 @@ See :mod:`fffcore.spec` for the exact semantics, :mod:`fffcore.selection`
 for how a backend is chosen, and :mod:`fffcore.hookspecs` for writing one.
 """
 
+from fffcore import forking as _forking  # noqa: F401  (registers the at-fork handler on import)
 from fffcore.api import CMMResult, cmm, fff
 from fffcore.backend import Availability, Backend
 from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl

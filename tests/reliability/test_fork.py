@@ -88,3 +88,24 @@ def test_a_multiprocessing_pool_returns_every_result(method, tmp_path):
         tmp_path,
     )
     assert out.strip() == "True"
+
+
+def test_a_child_forked_after_the_callers_own_torch_work_computes_with_the_torch_backend(tmp_path):
+    if "torch" not in backends_here():
+        pytest.skip("backend 'torch' is not available here")
+    out = run_scenario(
+        """
+        import torch
+
+        a = torch.randn(1000, 1000)
+        (a @ a).sum()  # torch's thread pool started by the caller's code, not by fffcore
+        expected = fffcore.fff(x, params, backend="reference")
+        pid = os.fork()
+        if pid == 0:
+            y = fffcore.fff(x, params, backend="torch")
+            os._exit(0 if np.allclose(y, expected, rtol=1e-5, atol=1e-6) else 3)
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """,
+        tmp_path,
+    )
+    assert out.split() == ["child", "0"], out
