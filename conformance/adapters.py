@@ -17,6 +17,10 @@ import numpy as np
 from fffcore.arrays import array_type
 from fffcore.spec import dtype_name
 
+#: Memory layouts the suite gives inputs and parameters (each library offers those it can hold,
+#: :attr:`ArrayAdapter.layouts`); the first is the plain one every draw shrinks to.
+LAYOUTS: tuple[str, ...] = ("contiguous", "transposed", "strided", "byteswapped", "readonly")
+
 
 class ArrayAdapter:
     """Converts float64/int64 numpy arrays to one array library and back.
@@ -29,7 +33,7 @@ class ArrayAdapter:
 
     name: ClassVar[str]
     dtypes: ClassVar[tuple[str, ...]]
-    layouts: ClassVar[tuple[str, ...]] = ("contiguous", "transposed", "strided")
+    layouts: ClassVar[tuple[str, ...]] = LAYOUTS[:3]  # contiguous, transposed, strided: every library
 
     def unavailable_reason(self, device: str) -> str | None:
         """None when arrays can be built on ``device`` here; otherwise why not."""
@@ -61,7 +65,7 @@ class ArrayAdapter:
 class NumpyAdapter(ArrayAdapter):
     name = "numpy"
     dtypes = ("float16", "float32", "float64")
-    layouts = ("contiguous", "transposed", "strided", "byteswapped", "readonly")
+    layouts = LAYOUTS
 
     def unavailable_reason(self, device: str) -> str | None:
         return None if device == "cpu" else f"numpy arrays live on the cpu, not {device}"
@@ -152,11 +156,6 @@ ADAPTERS: dict[str, ArrayAdapter] = {
 def adapter_for(kind: str) -> ArrayAdapter | None:
     """The adapter of an array type, or None when the suite has none."""
     return ADAPTERS.get(kind)
-
-
-#: Memory layouts the suite gives inputs and parameters (each library offers those it can hold,
-#: :attr:`ArrayAdapter.layouts`); the first is the plain one every draw shrinks to.
-LAYOUTS: tuple[str, ...] = ("contiguous", "transposed", "strided", "byteswapped", "readonly")
 
 
 def with_layout(adapter: ArrayAdapter, values: np.ndarray, dtype: str, device: str, layout: str) -> Any:

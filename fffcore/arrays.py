@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 _ARRAY_TYPE_BY_CLASS: dict[type, str] = {}
@@ -38,8 +39,6 @@ def require_dense_tensor(tensor: Any, name: str) -> None:
     Sparse layouts and the meta device (shapes without data) reach no kernel: they are refused
     here, where the argument's name is known, rather than deep inside a backend.
     """
-    import sys
-
     torch = sys.modules["torch"]  # a torch tensor exists, so torch is imported
     if tensor.layout is not torch.strided:
         raise TypeError(f"{name}: expected a dense (strided) torch tensor, got layout {tensor.layout}; use .to_dense()")

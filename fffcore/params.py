@@ -154,10 +154,13 @@ class FFFParams:
         Backends may have converted or cached the values they first saw, so computing on would
         mix old and new weights. Costs a few attribute reads; fffcore calls it on every call.
         """
-        if self._versions is None or _torch_versions(self.w_in, self.b_in, self.w_out) == self._versions:
+        if self._versions is None:
+            return
+        # _versions is set only for torch tensors that keep counters: read them directly
+        current = (self.w_in._version, -1 if self.b_in is None else self.b_in._version, self.w_out._version)
+        if current == self._versions:
             return
         names = ("w_in", "b_in", "w_out")
-        current = _torch_versions(self.w_in, self.b_in, self.w_out) or ()
         changed = [name for name, old, new in zip(names, self._versions, current, strict=True) if old != new]
         raise ValueError(
             f"params: {', '.join(changed)} changed in place after these FFFParams were built; "

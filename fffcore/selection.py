@@ -103,14 +103,13 @@ def named_backend(name: str, *, from_argument: bool) -> Backend:
 
 def environment_problem() -> str | None:
     """Why the backend ``FFFCORE_BACKEND`` names cannot run here (every call naming none would fail), or None."""
-    raw = _environment_backend()
-    name = None if raw is None else raw.strip()
-    if not name:
+    name = requested_backend(None) if _context_backend.get() is None else None
+    if name is None:
         return None
     try:
-        registry().get(name)
+        named_backend(name, from_argument=False)
     except (UnknownBackendError, BackendUnavailableError) as error:
-        return f"{BACKEND_VARIABLE}={raw!r} in the environment: {error}"
+        return str(error)
     return None
 
 
