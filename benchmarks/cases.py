@@ -46,7 +46,11 @@ SWEEP_BATCH = 256
 FAMILIES = ("paper", "depth", "trees", "tiny")
 
 #: Array libraries of the dense baselines; each is an implementation id ``dense:<library>:<hidden>``.
-DENSE_LIBRARIES = ("numpy", "torch")
+#: ``<library>`` runs on every thread of the run, ``<library>-1thread`` on one: at small batches
+#: one thread can be the faster (no fork and join), and "best dense" is the fastest of all four.
+DENSE_LIBRARIES = ("numpy", "torch", "numpy-1thread", "torch-1thread")
+#: The suffix of a dense library id that runs it on one thread.
+ONE_THREAD = "-1thread"
 #: The paper's PyTorch FFF (per-level index_select + bmm), see :mod:`fffcore.benchmarks.baselines`.
 PAPER_FFF = "paper:torch"
 

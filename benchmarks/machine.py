@@ -15,6 +15,7 @@ import importlib.util
 import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -138,6 +139,30 @@ def _pin_numpy_blas(count: int | None) -> str:
                 name = config().decode(errors="replace").split("  ")[0]
             return f"{getter()} ({name})"
     return "not pinned (no threadpoolctl, no OpenBLAS found): set OPENBLAS_NUM_THREADS/OMP_NUM_THREADS before starting"
+
+
+def blas_thread_functions() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """``(get, set)`` for the thread count of numpy's BLAS, cheap enough to call around each call.
+
+    OpenBLAS's own functions where numpy loaded OpenBLAS (a microsecond through ctypes), else
+    threadpoolctl's (slower: it looks the libraries up on every call).
+    """
+    for library in _loaded_openblas():
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                return _openblas_functions(getter, setter)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def get() -> int:
+        return max([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"], default=1)
+
+    return get, lambda count: threadpool_limits(limits=count, user_api="blas") and None
+
+
+def _openblas_functions(getter: Any, setter: Any) -> tuple[Callable[[], int], Callable[[int], None]]:
+    return (lambda: int(getter())), (lambda count: setter(ctypes.c_int(count)))
 
 
 def _loaded_openblas() -> list[ctypes.CDLL]:

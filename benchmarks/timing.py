@@ -61,17 +61,26 @@ class Timing:
 
 
 def warm_up(call: Callable[[], Any], min_sample: float = MIN_SAMPLE_SECONDS) -> Timing:
-    """Two untimed calls; the first is recorded as ``first_call``, the second sets calls per sample.
+    """Untimed calls: the first is recorded as ``first_call``; then calls for ``min_sample``
+    seconds at least, whose mean sets the calls per sample.
 
-    Returns a :class:`Timing` without samples yet.
+    Calibrating on steady calls rather than on the second one matters for calls of a few
+    microseconds: the second still finds caches cold (a fresh input, the first of each input
+    of a pool), so it would set too few calls per sample, and the first samples would still be
+    warming up. Returns a :class:`Timing` without samples yet.
     """
     start = time.perf_counter()
     call()
     first_call = time.perf_counter() - start
+    calls = 0
     start = time.perf_counter()
-    output = call()
-    second = time.perf_counter() - start
-    number = max(1, math.ceil(min_sample / max(second, 1e-9)))
+    while True:
+        output = call()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_sample:
+            break
+    number = max(1, math.ceil(min_sample / max(elapsed / calls, 1e-9)))
     return Timing([], number, first_call, output)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,19 @@ def test_time_call_warms_up_then_samples():
     assert len(calls) == 2 + 4 * timing.number
     assert timing.output == len(calls)
     assert timing.first_call >= 0 and timing.median > 0
+
+
+def test_time_call_sets_calls_per_sample_from_steady_calls():
+    # The first two calls are slow (cold caches), the rest fast: calibrating on the second call
+    # alone would give ceil(0.05 / 0.02) = 3 calls per sample.
+    durations = iter([0.02, 0.02])
+
+    def call() -> None:
+        time.sleep(next(durations, 0.0))
+
+    timing = time_call(call, repeats=1, budget=10.0, min_sample=0.05)
+    assert timing.first_call >= 0.02
+    assert timing.number > 100
 
 
 def test_time_call_stops_at_the_budget_after_the_minimum():

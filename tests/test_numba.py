@@ -27,11 +27,30 @@ from fffcore.spec import ACTIVATIONS
 pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'fffcore[numba]'")
 
 # Imports numba, so only after the importorskip above.
-from fffcore.backends.numba.kernels import DEFAULT_BLOCK, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
+from fffcore.backends.numba import calls, kernels
+from fffcore.backends.numba.sizes import (
+    ALWAYS_PARALLEL_ROWS,
+    BLOCKED_MIN_ROWS,
+    DEFAULT_BLOCK,
+    GROUP_ROWS,
+    PARALLEL_MIN_ROWS,
+)
 
-#: Batches that reach the parallel kernel, and ones that the serial kernel cuts into several blocks.
-PARALLEL_ROWS = PARALLEL_MIN_ROWS + 37
-SERIAL_BLOCKED_ROWS = min(PARALLEL_MIN_ROWS - 1, 3 * DEFAULT_BLOCK + 5)
+#: Batches that always run on every thread, and medium ones (several blocks, several groups of rows).
+PARALLEL_ROWS = ALWAYS_PARALLEL_ROWS + 37
+SERIAL_BLOCKED_ROWS = 3 * DEFAULT_BLOCK + 5
+#: Every kernel and variant: whole groups and a remainder, the thread floor, the blocked walk.
+ROW_COUNTS = [
+    0,
+    1,
+    GROUP_ROWS + 1,
+    2 * GROUP_ROWS,
+    2 * GROUP_ROWS + 1,
+    PARALLEL_MIN_ROWS + 1,
+    SERIAL_BLOCKED_ROWS,
+    BLOCKED_MIN_ROWS + 3,
+    PARALLEL_ROWS,
+]
 
 DTYPES = ("float32", "float64")
 
@@ -61,7 +80,7 @@ def integer_layer(rng, d_in, d_out, depth, trees, dtype, activation, bias=True) 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ["identity", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("rows", [0, 1, SMALL_MAX_ROWS, SMALL_MAX_ROWS + 1, SERIAL_BLOCKED_ROWS, PARALLEL_ROWS])
+@pytest.mark.parametrize("rows", ROW_COUNTS)
 def test_exact_on_integer_inputs(dtype, activation, bias, rows):
     # |logit| <= 9 * 3 * 4 + 5 and |y| <= 2 trees * 4 levels * 113 * 3: far below 2**24,
     # so every partial sum is exact in float32 and any summation order gives the same bits.
@@ -118,9 +137,11 @@ def check_against_oracle(x, params, logits, nodes, y):
     ("rows", "trees", "depth", "bias"),
     [
         (1, 1, 0, True),
-        (SMALL_MAX_ROWS, 3, 6, False),  # the row-by-row kernel
-        (7, 3, 4, False),
+        (2 * GROUP_ROWS, 3, 6, False),  # the row-group kernel: two whole groups
+        (7, 3, 4, False),  # a group and three rows on their own
+        (PARALLEL_MIN_ROWS + 3, 2, 5, True),  # the row-group kernel on every thread
         (SERIAL_BLOCKED_ROWS, 2, 6, True),
+        (BLOCKED_MIN_ROWS + 1, 1, 7, True),  # the blocked walk, gated
         (PARALLEL_ROWS, 2, 6, True),
     ],
 )
@@ -165,7 +186,7 @@ def test_special_values_match_the_reference(dtype, activation):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_special_values_one_row_at_a_time(dtype, activation):
-    # The same rows as above, each alone, so each goes through the row-by-row kernel.
+    # The same rows as above, each alone, so each goes through the row-group kernel's single rows.
     params = FFFParams(np.ones((1, 3, 1), dtype), np.zeros((1, 3), dtype), np.full((1, 3, 2), 0.5, dtype), activation)
     for value in (np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0):
         x = np.array([[value]], dtype)
@@ -270,12 +291,11 @@ def test_import_fffcore_does_not_import_numba_and_listing_checks_it_loads():
 
 
 def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numba_num_threads():
-    # The row-by-row kernels (2 rows), the serial one (the first 10 rows) and the parallel one (all).
+    # Every kernel, serial and parallel, compiled here (or loaded) into the cache; the child, on one
+    # thread, runs the serial ones: the row-group kernels (2 and 10 rows) and the blocked walk (all).
+    fffcore.warmup(["float32"], ["numba"])
     params = FFFParams.random(16, 4, 3, 1, seed=10)
     x = np.random.default_rng(11).standard_normal((PARALLEL_ROWS, 16)).astype(np.float32)
-    for rows in (x[:2], x[:10], x):
-        fffcore.fff(rows, params, backend="numba")  # compiles here (or loads) and fills the cache
-        fffcore.cmm(rows, params, backend="numba")
     seen = run_fresh(
         """
         import json, numba, numpy as np, fffcore
@@ -294,5 +314,77 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
         NUMBA_NUM_THREADS="1",
     )
     assert seen["threads"] == 1
-    assert seen["misses"] == 0 and seen["hits"] == 6  # fff and cmm: row by row, serial and parallel
+    assert seen["misses"] == 0 and seen["hits"] == 4  # fff rows, cmm rows, the blocked walk for each
+    # Serial there, parallel here: the same bits.
     np.testing.assert_array_equal(np.asarray(seen["y"], np.float32), fffcore.fff(x, params, backend="numba"))
+
+
+# -- threads: the same bits either way, and the gate that decides ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [PARALLEL_MIN_ROWS + 2, SERIAL_BLOCKED_ROWS, BLOCKED_MIN_ROWS + 3])
+def test_serial_and_parallel_kernels_give_the_same_bits(dtype, rows):
+    params = FFFParams.random(40, 12, 6, 2, activation="gelu", dtype=dtype, seed=rows)
+    x = calls._read_only_rows(np.random.default_rng(rows).standard_normal((rows, 40)), dtype)
+    arguments = calls._layer_arguments(params)
+    workers = np.zeros(calls._workers_size(), np.int64)
+    if rows < BLOCKED_MIN_ROWS:
+        serial = calls._row_groups(x, arguments, None)
+        parallel = calls._row_groups(x, arguments, workers)
+        assert workers.sum() == -(-rows // GROUP_ROWS)  # every group counted once
+    else:
+        serial = kernels.run_fff(x, *arguments)
+        parallel = kernels.run_fff(x, *arguments, workers=workers)
+        assert workers.sum() > 0
+    np.testing.assert_array_equal(serial, parallel)
+    logits, nodes = kernels.run_cmm(x, *arguments[:3])
+    parallel_logits, parallel_nodes = kernels.run_cmm(x, *arguments[:3], workers=np.zeros_like(workers))
+    np.testing.assert_array_equal(logits, parallel_logits)
+    np.testing.assert_array_equal(nodes, parallel_nodes)
+
+
+@pytest.fixture
+def fresh_gate(monkeypatch):
+    gate = calls.ParallelGate()
+    monkeypatch.setattr(calls, "gate", gate)
+    monkeypatch.setattr(calls, "_workers_size", lambda: 2)
+    return gate
+
+
+def test_gate_closes_when_helpers_did_nothing_and_backs_off_while_they_stay_away(fresh_gate):
+    assert fresh_gate.is_open() and calls._use_threads(PARALLEL_MIN_ROWS, PARALLEL_MIN_ROWS)
+    assert fresh_gate.record(np.array([8, 0]))  # the calling thread ran every group
+    assert not fresh_gate.is_open()
+    assert not calls._use_threads(PARALLEL_MIN_ROWS, PARALLEL_MIN_ROWS)  # medium batches: serial now
+    assert calls._use_threads(ALWAYS_PARALLEL_ROWS, PARALLEL_MIN_ROWS)  # large ones: every thread anyway
+    first = fresh_gate.backoff_s
+    assert first == 2 * calls.ParallelGate.FIRST_BACKOFF_S
+    fresh_gate.record(np.array([0, 40]))  # one thread did it all, whichever it was
+    assert fresh_gate.backoff_s == 2 * first
+    for _ in range(20):
+        fresh_gate.record(np.array([40, 0]))
+    assert fresh_gate.backoff_s == calls.ParallelGate.MAX_BACKOFF_S
+
+
+def test_gate_stays_open_while_helpers_share_the_work(fresh_gate):
+    fresh_gate.record(np.array([9, 0]))
+    assert fresh_gate.record(np.array([5, 3])) is False  # a fair share: back to the first back-off
+    assert fresh_gate.backoff_s == calls.ParallelGate.FIRST_BACKOFF_S
+    assert fresh_gate.record(np.array([1, 0])) is False  # one piece of work says nothing
+    fresh_gate.closed_until = 0.0
+    assert fresh_gate.is_open()
+
+
+def test_a_closed_gate_runs_medium_batches_serially(fresh_gate, monkeypatch):
+    params = FFFParams.random(16, 4, 4, 1, seed=12)
+    x = np.random.default_rng(13).standard_normal((SERIAL_BLOCKED_ROWS, 16)).astype(np.float32)
+    expected = fffcore.fff(x, params, backend="numba")
+    fresh_gate.closed_until = float("inf")
+
+    def refuse(*args):
+        raise AssertionError("a parallel kernel ran while the gate was closed")
+
+    monkeypatch.setattr(kernels, "run_parallel", refuse)
+    np.testing.assert_array_equal(fffcore.fff(x, params, backend="numba"), expected)
+    fffcore.cmm(x, params, backend="numba")

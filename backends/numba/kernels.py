@@ -38,11 +38,10 @@ Activations run in float64 without fastmath (:mod:`.activations`).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, set_parallel_chunksize
+from numba import get_thread_id, njit, prange, set_parallel_chunksize
 
-from fffcore import forking
 from fffcore.backends.numba.activations import activate
-from fffcore.backends.numba.sizes import DEFAULT_BLOCK, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
+from fffcore.backends.numba.sizes import DEFAULT_BLOCK, GROUP_ROWS
 
 #: LLVM fast-math flags that cannot change NaN/inf semantics or a comparison:
 #: no ``nnan``/``ninf`` (they would let LLVM assume ``logit > 0`` is never NaN).
@@ -52,18 +51,10 @@ SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: float32) plus the block's weight rows stay in a 1.25 MiB L2 cache.
 
 
-#: Below this many rows a call runs on the calling thread. A row costs a few
-#: microseconds on one core; a parallel region costs tens of microseconds on an
-#: idle machine but up to a scheduler time slice (measured: 13 ms at 256 rows,
-#: against 1.7 ms serial) when other processes hold the cores, because every
-#: thread must reach the region's barrier. Medium batches gain little from a
-#: second thread and risk a lot, so they stay serial (benchmarks/NOTES.md).
-#: (PARALLEL_MIN_ROWS, 1024.)
-
-#: Up to this many rows a call walks row by row (:func:`_fff_rows_small`): one compiled call with
-#: no blocks, sort or scratch arrays, which at a handful of rows cost more than the walk itself.
-#: Measured at width 768, depth 11, float32, a fresh input per call (2-core AMD EPYC): 2.4x
-#: faster than the blocked walk at 1 row, 1.3x at 8, even at 16. (SMALL_MAX_ROWS, 8.)
+#: Which kernel runs at which batch size, and when a call uses every thread, is decided in
+#: :mod:`fffcore.backends.numba.calls` (the thresholds are in :mod:`.sizes`); every kernel here
+#: comes in a serial variant and a parallel one that records which thread ran each piece of work
+#: (``workers``), so the caller can tell whether its helper threads were there at all.
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
@@ -115,64 +106,174 @@ def _walk_row(x, row, w_in, b_in, has_bias, tree, logits, nodes):
         node = 2 * node + (2 if z > 0 else 1)  # NaN and zero go left
 
 
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _walk_group(x, r, w_in, b_in, has_bias, tree, logits, nodes):
+    """Rows ``r .. r+3`` of ``x`` down tree ``tree`` side by side: logits and nodes into (4, L) arrays.
+
+    The four rows' dot products share one loop, so the weight rows of four different nodes are
+    fetched at once: each level waits on memory once for four rows instead of four times.
+    """
+    zero = x.dtype.type(0)
+    n0 = 0
+    n1 = 0
+    n2 = 0
+    n3 = 0
+    for level in range(logits.shape[1]):
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        for i in range(x.shape[1]):
+            s0 += x[r, i] * w_in[tree, n0, i]
+            s1 += x[r + 1, i] * w_in[tree, n1, i]
+            s2 += x[r + 2, i] * w_in[tree, n2, i]
+            s3 += x[r + 3, i] * w_in[tree, n3, i]
+        if has_bias:
+            s0 += b_in[tree, n0]
+            s1 += b_in[tree, n1]
+            s2 += b_in[tree, n2]
+            s3 += b_in[tree, n3]
+        logits[0, level] = s0
+        logits[1, level] = s1
+        logits[2, level] = s2
+        logits[3, level] = s3
+        nodes[0, level] = n0
+        nodes[1, level] = n1
+        nodes[2, level] = n2
+        nodes[3, level] = n3
+        n0 = 2 * n0 + (2 if s0 > 0 else 1)  # NaN and zero go left
+        n1 = 2 * n1 + (2 if s1 > 0 else 1)
+        n2 = 2 * n2 + (2 if s2 > 0 else 1)
+        n3 = 2 * n3 + (2 if s3 > 0 else 1)
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _add_path_output(y, row, activated, path, w_out, tree):
+    """``y[row] += sum_l activated[l] * w_out[tree, path[l]]``, in passes of four levels whose
+    weight rows, all known once the path is, load side by side."""
+    levels = activated.shape[0]
+    level = 0
+    while level + 4 <= levels:
+        a0, a1, a2, a3 = activated[level], activated[level + 1], activated[level + 2], activated[level + 3]
+        n0, n1, n2, n3 = path[level], path[level + 1], path[level + 2], path[level + 3]
+        for j in range(y.shape[1]):
+            y[row, j] += (
+                a0 * w_out[tree, n0, j] + a1 * w_out[tree, n1, j] + a2 * w_out[tree, n2, j] + a3 * w_out[tree, n3, j]
+            )
+        level += 4
+    while level < levels:
+        a0 = activated[level]
+        n0 = path[level]
+        for j in range(y.shape[1]):
+            y[row, j] += a0 * w_out[tree, n0, j]
+        level += 1
+
+
 @njit(cache=True, fastmath=SAFE_FASTMATH)
-def _cmm_rows_small(x, w_in, b_in, has_bias):
-    """CMM of a few rows, each walked down each tree on its own: logits (B, K, L), nodes (B, K, L) int64."""
-    rows = x.shape[0]
+def _fff_row_range(x, lo, hi, w_in, b_in, has_bias, w_out, code, y):
+    """``y[lo:hi]`` = the FFF output of rows ``lo .. hi-1``, four rows at a time, the rest one by one.
+
+    Per group and tree the paths come first (:func:`_walk_group`, or :func:`_walk_row` for the
+    rows left over), then each row's output (:func:`_add_path_output`). A row's arithmetic
+    depends only on its position within groups counted from ``lo``, so callers that cut the
+    batch at multiples of four (both variants below) give the same bits.
+    """
     trees = w_in.shape[0]
     levels = _level_count(w_in.shape[1])
-    logits = np.empty((rows, trees, levels), x.dtype)
-    nodes = np.empty((rows, trees, levels), np.int64)
-    for row in range(rows):
+    zero = y.dtype.type(0)
+    logits = np.empty((GROUP_ROWS, levels), x.dtype)
+    nodes = np.empty((GROUP_ROWS, levels), np.int64)
+    for row in range(lo, hi):
+        for j in range(y.shape[1]):
+            y[row, j] = zero
+    r = lo
+    while r < hi:
+        group = min(GROUP_ROWS, hi - r)
         for tree in range(trees):
-            _walk_row(x, row, w_in, b_in, has_bias, tree, logits[row, tree], nodes[row, tree])
+            if group == GROUP_ROWS:
+                _walk_group(x, r, w_in, b_in, has_bias, tree, logits, nodes)
+            else:
+                for k in range(group):
+                    _walk_row(x, r + k, w_in, b_in, has_bias, tree, logits[k], nodes[k])
+            for k in range(group):
+                for level in range(levels):  # the logits, activated in place
+                    logits[k, level] = zero + activate(code, np.float64(logits[k, level]))
+                _add_path_output(y, r + k, logits[k], nodes[k], w_out, tree)
+        r += group
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _fff_rows_serial(x, w_in, b_in, has_bias, w_out, code):
+    """The FFF output (B, d_out) of a small batch on the calling thread (:func:`_fff_row_range`).
+
+    One compiled call and a few small allocations: at a handful of rows the blocked walk's
+    set-up (blocks, a counting sort, scratch arrays) costs more than the walk itself.
+    """
+    y = np.empty((x.shape[0], w_out.shape[2]), x.dtype)
+    _fff_row_range(x, 0, x.shape[0], w_in, b_in, has_bias, w_out, code, y)
+    return y
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
+def _fff_rows_parallel(x, w_in, b_in, has_bias, w_out, code, workers):
+    """:func:`_fff_rows_serial` with the groups of four rows spread over numba's threads.
+
+    ``workers`` (>= threads,) int64: each group adds one at the index of the thread that ran it.
+    Call with chunk size 1 (:func:`run_parallel`), so groups are handed out one at a time.
+    """
+    rows = x.shape[0]
+    y = np.empty((rows, w_out.shape[2]), x.dtype)
+    groups = (rows + GROUP_ROWS - 1) // GROUP_ROWS
+    for g in prange(groups):
+        lo = g * GROUP_ROWS
+        _fff_row_range(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, w_out, code, y)
+        workers[get_thread_id()] += 1
+    return y
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _cmm_row_range(x, lo, hi, w_in, b_in, has_bias, logits, nodes):
+    """Logits and nodes (B, K, L) of rows ``lo .. hi-1``, walked as :func:`_fff_row_range` walks
+    them (the same groups, the same dot products), so ``cmm`` reports the path ``fff`` takes."""
+    trees = w_in.shape[0]
+    r = lo
+    while r < hi:
+        group = min(GROUP_ROWS, hi - r)
+        for tree in range(trees):
+            if group == GROUP_ROWS:
+                group_logits = logits[r : r + GROUP_ROWS, tree]
+                _walk_group(x, r, w_in, b_in, has_bias, tree, group_logits, nodes[r : r + GROUP_ROWS, tree])
+            else:
+                for k in range(group):
+                    _walk_row(x, r + k, w_in, b_in, has_bias, tree, logits[r + k, tree], nodes[r + k, tree])
+        r += group
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH)
+def _cmm_rows_serial(x, w_in, b_in, has_bias):
+    """CMM of a small batch on the calling thread: logits (B, K, L) in x's dtype, nodes (B, K, L) int64."""
+    rows = x.shape[0]
+    levels = _level_count(w_in.shape[1])
+    logits = np.empty((rows, w_in.shape[0], levels), x.dtype)
+    nodes = np.empty((rows, w_in.shape[0], levels), np.int64)
+    _cmm_row_range(x, 0, rows, w_in, b_in, has_bias, logits, nodes)
     return logits, nodes
 
 
-@njit(cache=True, fastmath=SAFE_FASTMATH)
-def _fff_rows_small(x, w_in, b_in, has_bias, w_out, code):
-    """The FFF output (B, d_out) of a few rows, each walked down each tree on its own.
-
-    One compiled call and three small allocations: at a handful of rows the blocked walk's
-    set-up (blocks, a counting sort, scratch arrays) costs more than the walk itself. Per row
-    and tree, the path comes first (the dot products, each waiting for the one before), then
-    the output in passes of four levels, ``y += a0*w0 + a1*w1 + a2*w2 + a3*w3``, whose weight
-    rows are all known by then and load side by side (measured: a fifth faster at one row
-    than adding each level's row as its logit arrives). The dot product is :func:`_dot1`, as
-    in the blocked walk's single rows.
-    """
+@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
+def _cmm_rows_parallel(x, w_in, b_in, has_bias, workers):
+    """:func:`_cmm_rows_serial` with the groups of four rows spread over numba's threads (``workers``
+    as in :func:`_fff_rows_parallel`)."""
     rows = x.shape[0]
-    trees = w_in.shape[0]
     levels = _level_count(w_in.shape[1])
-    d_out = w_out.shape[2]
-    y = np.zeros((rows, d_out), x.dtype)
-    zero = y.dtype.type(0)
-    activated = np.empty(levels, x.dtype)
-    path = np.empty(levels, np.int64)
-    for row in range(rows):
-        for tree in range(trees):
-            _walk_row(x, row, w_in, b_in, has_bias, tree, activated, path)
-            for level in range(levels):  # the logits, activated in place
-                activated[level] = zero + activate(code, np.float64(activated[level]))
-            level = 0
-            while level + 4 <= levels:
-                a0, a1, a2, a3 = activated[level], activated[level + 1], activated[level + 2], activated[level + 3]
-                n0, n1, n2, n3 = path[level], path[level + 1], path[level + 2], path[level + 3]
-                for j in range(d_out):
-                    y[row, j] += (
-                        a0 * w_out[tree, n0, j]
-                        + a1 * w_out[tree, n1, j]
-                        + a2 * w_out[tree, n2, j]
-                        + a3 * w_out[tree, n3, j]
-                    )
-                level += 4
-            while level < levels:
-                a0 = activated[level]
-                n0 = path[level]
-                for j in range(d_out):
-                    y[row, j] += a0 * w_out[tree, n0, j]
-                level += 1
-    return y
+    logits = np.empty((rows, w_in.shape[0], levels), x.dtype)
+    nodes = np.empty((rows, w_in.shape[0], levels), np.int64)
+    groups = (rows + GROUP_ROWS - 1) // GROUP_ROWS
+    for g in prange(groups):
+        lo = g * GROUP_ROWS
+        _cmm_row_range(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, logits, nodes)
+        workers[get_thread_id()] += 1
+    return logits, nodes
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH)
@@ -422,16 +523,33 @@ def _deep_block(
 
 @njit(cache=True, parallel=True)
 def _walk_tree_parallel(
-    x, w_in, b_in, has_bias, tree, slot, logits, nodes, block, split, node_at_split, y, w_out, code, fused, assign
+    x,
+    w_in,
+    b_in,
+    has_bias,
+    tree,
+    slot,
+    logits,
+    nodes,
+    block,
+    split,
+    node_at_split,
+    y,
+    w_out,
+    code,
+    fused,
+    assign,
+    workers,
 ):
     """Every row through tree ``tree`` (see the module docstring), blocks spread over Numba's threads.
 
     ``node_at_split`` (B,) int64 zeros, filled with the node each row reaches
-    at level ``split``. Call it through
-    :func:`_dynamic_blocks`, which hands blocks out one at a time (chunk size
-    1), so a thread that the operating system delays holds back one block, not
-    a fixed share of them. (``with parallel_chunksize`` inside the kernel
-    would do the same but cannot be cached.)
+    at level ``split``; ``workers`` (>= threads,) int64: each block adds one at
+    the index of the thread that ran it. Call it through :func:`run_parallel`,
+    which hands blocks out one at a time (chunk size 1), so a thread that the
+    operating system delays holds back one block, not a fixed share of them.
+    (``with parallel_chunksize`` inside the kernel would do the same but cannot
+    be cached.)
     """
     rows = x.shape[0]
     blocks = (rows + block - 1) // block
@@ -441,6 +559,7 @@ def _walk_tree_parallel(
             _top_block(
                 x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, min(rows, lo + block), split, node_at_split
             )
+            workers[get_thread_id()] += 1
     sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
     for b in prange(blocks):
         lo = b * block
@@ -463,13 +582,30 @@ def _walk_tree_parallel(
             fused,
             assign,
         )
+        workers[get_thread_id()] += 1
 
 
 @njit(cache=True)
 def _walk_tree_serial(
-    x, w_in, b_in, has_bias, tree, slot, logits, nodes, block, split, node_at_split, y, w_out, code, fused, assign
+    x,
+    w_in,
+    b_in,
+    has_bias,
+    tree,
+    slot,
+    logits,
+    nodes,
+    block,
+    split,
+    node_at_split,
+    y,
+    w_out,
+    code,
+    fused,
+    assign,
+    workers,
 ):
-    """:func:`_walk_tree_parallel` on the calling thread: small batches, where waking threads costs more."""
+    """:func:`_walk_tree_parallel` on the calling thread (``workers`` unused)."""
     rows = x.shape[0]
     blocks = (rows + block - 1) // block
     if split > 0:
@@ -502,23 +638,21 @@ def _walk_tree_serial(
         )
 
 
-def _dynamic_blocks(*args) -> None:
-    """:func:`_walk_tree_parallel` with chunk size 1 on this thread, restored afterwards."""
+def run_parallel(kernel, *args):
+    """A parallel kernel called with chunk size 1 on this thread (restored afterwards), so its
+    loop iterations are handed out one at a time."""
     previous = set_parallel_chunksize(1)
     try:
-        _walk_tree_parallel(*args)
+        return kernel(*args)
     finally:
         set_parallel_chunksize(previous)
 
 
-def _walk_tree(rows: int):
-    """The parallel kernel, or the serial one below :data:`PARALLEL_MIN_ROWS` rows and in a child
-    forked from a process that ran it (whose inherited thread pool must not be entered, see
-    :mod:`fffcore.forking`)."""
-    if rows < PARALLEL_MIN_ROWS or forking.inherited("numba"):
-        return _walk_tree_serial
-    forking.note_started("numba")
-    return _dynamic_blocks
+def _walk_tree(workers: np.ndarray | None):
+    """The tree walk to run: parallel when given a ``workers`` array to count in, else serial."""
+    if workers is None:
+        return lambda *args: _walk_tree_serial(*args, np.zeros(1, np.int64))
+    return lambda *args: run_parallel(_walk_tree_parallel, *args, workers)
 
 
 def choose_split(rows: int, levels: int, block: int) -> int:
@@ -529,21 +663,26 @@ def choose_split(rows: int, levels: int, block: int) -> int:
 
 
 def run_cmm(
-    x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, has_bias: bool, block: int = DEFAULT_BLOCK
+    x: np.ndarray,
+    w_in: np.ndarray,
+    b_in: np.ndarray,
+    has_bias: bool,
+    block: int = DEFAULT_BLOCK,
+    workers: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CMM of every row.
+    """CMM of every row by the blocked walk.
 
     Args:
         x: (B, d_in) C-contiguous rows in the weights' dtype (float32 or float64).
         w_in: (K, N, d_in) weights; b_in: (K, N) biases, read only when ``has_bias``.
         block: rows walked together.
+        workers: None to run on the calling thread; else a (>= threads,) int64 array, and the
+            walk runs on every thread, adding one at a thread's index for each block it ran.
 
     Returns:
         logits (B, K, L) in x's dtype and nodes (B, K, L) int64, L = depth + 1.
     """
     rows = x.shape[0]
-    if 0 < rows <= SMALL_MAX_ROWS:
-        return _cmm_rows_small(x, w_in, b_in, has_bias)
     trees, n_nodes, _ = w_in.shape
     levels = (n_nodes + 1).bit_length() - 1
     logits = np.empty((rows, trees, levels), x.dtype)
@@ -553,7 +692,7 @@ def run_cmm(
     split = choose_split(rows, levels, block)
     unused_y = np.empty((0, 1), x.dtype)
     unused_w = np.empty((1, 1, 1), x.dtype)
-    kernel = _walk_tree(rows)
+    kernel = _walk_tree(workers)
     for tree in range(trees):
         node_at_split = np.zeros(rows, np.int64)
         kernel(
@@ -585,16 +724,15 @@ def run_fff(
     w_out: np.ndarray,
     code: int,
     block: int = DEFAULT_BLOCK,
+    workers: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The fused FFF layer: (B, d_out) in x's dtype.
+    """The fused FFF layer by the blocked walk: (B, d_out) in x's dtype.
 
     Args as :func:`run_cmm`, plus ``w_out`` (K, N, d_out) and the activation
     ``code`` (:data:`fffcore.backends.numba.activations.ACTIVATION_CODES`).
     Only one tree's (B, 1, L) logits and nodes exist at a time.
     """
     rows = x.shape[0]
-    if 0 < rows <= SMALL_MAX_ROWS:
-        return _fff_rows_small(x, w_in, b_in, has_bias, w_out, code)
     trees, n_nodes, _ = w_in.shape
     levels = (n_nodes + 1).bit_length() - 1
     y = np.empty((rows, w_out.shape[2]), x.dtype)
@@ -603,7 +741,7 @@ def run_fff(
     split = choose_split(rows, levels, block)
     logits = np.empty((rows, 1, levels), x.dtype)
     nodes = np.empty((rows, 1, levels), np.int64)
-    kernel = _walk_tree(rows)
+    kernel = _walk_tree(workers)
     for tree in range(trees):
         node_at_split = np.zeros(rows, np.int64)
         kernel(
@@ -634,7 +772,14 @@ def cache_statistics() -> dict[str, int]:
     cache was filled, every signature should be a hit.
     """
     hits = misses = 0
-    for dispatcher in (_walk_tree_parallel, _walk_tree_serial, _fff_rows_small, _cmm_rows_small):
+    for dispatcher in (
+        _walk_tree_parallel,
+        _walk_tree_serial,
+        _fff_rows_serial,
+        _fff_rows_parallel,
+        _cmm_rows_serial,
+        _cmm_rows_parallel,
+    ):
         hits += sum(dispatcher.stats.cache_hits.values())
         misses += sum(dispatcher.stats.cache_misses.values())
     return {"hits": hits, "misses": misses}

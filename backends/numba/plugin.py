@@ -17,7 +17,12 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 from fffcore.backend import AVAILABLE, Availability, Backend
-from fffcore.backends.numba.sizes import DEFAULT_BLOCK, FIRST_SPLIT_ROWS, PARALLEL_MIN_ROWS, SMALL_MAX_ROWS
+from fffcore.backends.numba.sizes import (
+    ALWAYS_PARALLEL_ROWS,
+    BLOCKED_MIN_ROWS,
+    GROUP_ROWS,
+    PARALLEL_MIN_ROWS,
+)
 from fffcore.hookspecs import hookimpl
 from fffcore.params import FFFParams
 from fffcore.registry import one_line
@@ -36,15 +41,16 @@ class NumbaBackend(Backend):
     """
 
     name = "numba"
-    description = "Numba CPU kernels: blocked, row-grouped, parallel over rows, cached on disk"
+    description = "Numba CPU kernels: row groups and blocked walks, parallel over rows, cached on disk"
     array_types = ("numpy",)
     devices = ("cpu",)
     dtypes = ("float32", "float64")
     priority = 100
     install = INSTALL
-    # The row-by-row kernel up to 8 rows, one block up to 64, a top stage and a sort from 91,
-    # every thread from 1024 (backends/numba/sizes.py).
-    batch_thresholds = (SMALL_MAX_ROWS + 1, DEFAULT_BLOCK + 1, FIRST_SPLIT_ROWS, PARALLEL_MIN_ROWS)
+    # Whole groups of four rows from 4, every thread (while helpers show up) from 16, the blocked
+    # walk (blocks of 64, a top stage and a sort) from 512, every thread always from 1024
+    # (backends/numba/sizes.py).
+    batch_thresholds = (GROUP_ROWS, PARALLEL_MIN_ROWS, BLOCKED_MIN_ROWS, ALWAYS_PARALLEL_ROWS)
 
     def availability(self) -> Availability:
         if importlib.util.find_spec("numba") is None:
