@@ -8,6 +8,8 @@ Run from the repository root (each section can be run alone)::
     python -m fffcore.benchmarks.numba_scaling compile    # cold and warm-cache first calls in fresh processes
     python -m fffcore.benchmarks.numba_scaling depth      # time against depth 0..14
     python -m fffcore.benchmarks.numba_scaling batch      # time against batch 1..16384
+    python -m fffcore.benchmarks.numba_scaling threads    # serial, parallel, gated at medium batches
+    python -m fffcore.benchmarks.numba_scaling threads --busy 2   # the same beside 2 busy processes
     python -m fffcore.benchmarks.numba_scaling all
 
 The machine may be shared, so every ratio is taken within one repetition
@@ -361,13 +363,67 @@ def breakdown(repeats: int) -> None:
     print(f"  {'floor: read x, write y':28s} {statistics.median(floor) * 1e3:9.2f} ms (np.copyto into a warm array)")
 
 
+THREAD_BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def thread_table(busy: int, seconds: float = 0.3) -> None:
+    """Medium batches: the serial kernel, the parallel one, and what ``fffcore.fff`` chooses
+    (:class:`fffcore.backends.numba.calls.ThreadChoice`), each call timed on its own, on a fresh
+    input from a pool; optionally beside ``busy`` processes that each spin on a core."""
+    from fffcore.backends.numba import calls, kernels, sizes
+
+    params = FFFParams.random(WIDTH, WIDTH, DEPTH, dtype="float32", seed=0)
+    arguments = calls._layer_arguments(params)
+
+    def serial(x: np.ndarray) -> Any:
+        if len(x) < sizes.BLOCKED_MIN_ROWS:
+            return calls._row_groups(x, arguments, False)
+        return kernels.run_fff(x, *arguments)
+
+    def parallel(x: np.ndarray) -> Any:
+        if len(x) < sizes.BLOCKED_MIN_ROWS:
+            return calls._row_groups(x, arguments, True)
+        return kernels.run_fff(x, *arguments, parallel=True)
+
+    variants = {"serial": serial, "parallel": parallel, "fffcore.fff": lambda x: fffcore.fff(x, params)}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        time.sleep(0.5 if busy else 0.0)
+        print(
+            f"threads: float32, width {WIDTH}, depth {DEPTH}, {busy} busy processes beside; microseconds per call "
+            f"(each call timed alone, a fresh input from a pool of 16), {seconds:.1f} s per variant"
+        )
+        print(f"  {'batch':>6s}" + "".join(f"  {name + ' mean':>18s} {'p90':>8s}" for name in variants))
+        rng = np.random.default_rng(2)
+        for batch in THREAD_BATCHES:
+            pool = [calls._read_only_rows(rng.standard_normal((batch, WIDTH)), "float32") for _ in range(16)]
+            line = f"  {batch:6d}"
+            for call in variants.values():
+                call(pool[0])
+                taken = []
+                began = time.perf_counter()
+                while time.perf_counter() - began < seconds:
+                    start = time.perf_counter()
+                    call(pool[len(taken) % len(pool)])
+                    taken.append(time.perf_counter() - start)
+                line += f"  {statistics.fmean(taken) * 1e6:18.1f} {np.percentile(taken, 90) * 1e6:8.1f}"
+            print(line, flush=True)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=("headline", "latency", "breakdown", "compile", "depth", "batch", "all"))
+    parser.add_argument(
+        "section", choices=("headline", "latency", "breakdown", "compile", "depth", "batch", "threads", "all")
+    )
+    parser.add_argument("--busy", type=int, default=0, help="threads: busy processes to run beside (default 0)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions (default 7)")
     parser.add_argument("--depth-batch", type=int, default=BATCH, help="batch of the depth table (default 4096)")
     args = parser.parse_args(argv)
-    every = ("headline", "latency", "breakdown", "compile", "depth", "batch")
+    every = ("headline", "latency", "breakdown", "compile", "depth", "batch", "threads")
     sections = every if args.section == "all" else (args.section,)
     for section in sections:
         if section == "headline":
@@ -380,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
             compile_times()
         elif section == "depth":
             depth_table(args.repeats, args.depth_batch)
+        elif section == "threads":
+            thread_table(args.busy)
         else:
             batch_table(args.repeats)
         print(flush=True)

@@ -29,16 +29,17 @@ pytest.importorskip("numba", reason="the numba backend needs numba: pip install 
 # Imports numba, so only after the importorskip above.
 from fffcore.backends.numba import calls, kernels
 from fffcore.backends.numba.sizes import (
-    ALWAYS_PARALLEL_ROWS,
     BLOCKED_MIN_ROWS,
     DEFAULT_BLOCK,
     GROUP_ROWS,
     PARALLEL_MIN_ROWS,
 )
 
-#: Batches that always run on every thread, and medium ones (several blocks, several groups of rows).
-PARALLEL_ROWS = ALWAYS_PARALLEL_ROWS + 37
-SERIAL_BLOCKED_ROWS = 3 * DEFAULT_BLOCK + 5
+#: A batch of many row groups, and a medium one (several blocks, several groups of rows).
+PARALLEL_ROWS = 1024 + 37
+MEDIUM_ROWS = 3 * DEFAULT_BLOCK + 5
+#: A batch for the blocked walk.
+BLOCKED_ROWS = BLOCKED_MIN_ROWS + 37
 #: Every kernel and variant: whole groups and a remainder, the thread floor, the blocked walk.
 ROW_COUNTS = [
     0,
@@ -47,9 +48,9 @@ ROW_COUNTS = [
     2 * GROUP_ROWS,
     2 * GROUP_ROWS + 1,
     PARALLEL_MIN_ROWS + 1,
-    SERIAL_BLOCKED_ROWS,
-    BLOCKED_MIN_ROWS + 3,
+    MEDIUM_ROWS,
     PARALLEL_ROWS,
+    BLOCKED_ROWS,
 ]
 
 DTYPES = ("float32", "float64")
@@ -140,8 +141,8 @@ def check_against_oracle(x, params, logits, nodes, y):
         (2 * GROUP_ROWS, 3, 6, False),  # the row-group kernel: two whole groups
         (7, 3, 4, False),  # a group and three rows on their own
         (PARALLEL_MIN_ROWS + 3, 2, 5, True),  # the row-group kernel on every thread
-        (SERIAL_BLOCKED_ROWS, 2, 6, True),
-        (BLOCKED_MIN_ROWS + 1, 1, 7, True),  # the blocked walk, gated
+        (MEDIUM_ROWS, 2, 6, True),
+        (BLOCKED_MIN_ROWS + 1, 1, 7, True),  # the blocked walk
         (PARALLEL_ROWS, 2, 6, True),
     ],
 )
@@ -238,8 +239,9 @@ def test_leading_dimensions_and_empty_batches():
 
 def test_concurrent_calls_from_threads_agree_with_a_serial_call():
     params = FFFParams.random(32, 8, 5, 2, seed=9)
-    # Half the batches take the serial kernel, half the parallel one.
-    sizes = [SERIAL_BLOCKED_ROWS, PARALLEL_ROWS] * 4
+    # Small batches (always on the calling thread), medium and large ones (the row-group kernel and
+    # the blocked walk, serial or parallel as each layer's choice says).
+    sizes = [2 * GROUP_ROWS, MEDIUM_ROWS, PARALLEL_ROWS, BLOCKED_ROWS] * 2
     inputs = [np.random.default_rng(s).standard_normal((rows, 32)).astype(np.float32) for s, rows in enumerate(sizes)]
     serial = [fffcore.fff(x, params, backend="numba") for x in inputs]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -295,7 +297,7 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
     # thread, runs the serial ones: the row-group kernels (2 and 10 rows) and the blocked walk (all).
     fffcore.warmup(["float32"], ["numba"])
     params = FFFParams.random(16, 4, 3, 1, seed=10)
-    x = np.random.default_rng(11).standard_normal((PARALLEL_ROWS, 16)).astype(np.float32)
+    x = np.random.default_rng(11).standard_normal((BLOCKED_ROWS, 16)).astype(np.float32)
     seen = run_fresh(
         """
         import json, numba, numpy as np, fffcore
@@ -310,7 +312,7 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
         fffcore.cmm(x, params, backend="numba")
         stats = kernels.cache_statistics()
         print(json.dumps({"y": y.tolist(), "threads": numba.get_num_threads(), **stats}))
-        """.replace("ROWS", str(PARALLEL_ROWS)),
+        """.replace("ROWS", str(BLOCKED_ROWS)),
         NUMBA_NUM_THREADS="1",
     )
     assert seen["threads"] == 1
@@ -319,72 +321,89 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
     np.testing.assert_array_equal(np.asarray(seen["y"], np.float32), fffcore.fff(x, params, backend="numba"))
 
 
-# -- threads: the same bits either way, and the gate that decides ------------------------------------------
+# -- threads: the same bits either way, and the choice between them ----------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [PARALLEL_MIN_ROWS + 2, SERIAL_BLOCKED_ROWS, BLOCKED_MIN_ROWS + 3])
+@pytest.mark.parametrize("rows", [PARALLEL_MIN_ROWS + 2, MEDIUM_ROWS, BLOCKED_ROWS])
 def test_serial_and_parallel_kernels_give_the_same_bits(dtype, rows):
     params = FFFParams.random(40, 12, 6, 2, activation="gelu", dtype=dtype, seed=rows)
     x = calls._read_only_rows(np.random.default_rng(rows).standard_normal((rows, 40)), dtype)
     arguments = calls._layer_arguments(params)
-    workers = np.zeros(calls._workers_size(), np.int64)
     if rows < BLOCKED_MIN_ROWS:
-        serial = calls._row_groups(x, arguments, None)
-        parallel = calls._row_groups(x, arguments, workers)
-        assert workers.sum() == -(-rows // GROUP_ROWS)  # every group counted once
+        serial, parallel = (calls._row_groups(x, arguments, threads) for threads in (False, True))
+        logits, nodes = kernels._cmm_rows_serial(x, *arguments[:3])
+        parallel_logits, parallel_nodes = kernels.run_parallel(kernels._cmm_rows_parallel, x, *arguments[:3])
     else:
-        serial = kernels.run_fff(x, *arguments)
-        parallel = kernels.run_fff(x, *arguments, workers=workers)
-        assert workers.sum() > 0
+        serial, parallel = (kernels.run_fff(x, *arguments, parallel=threads) for threads in (False, True))
+        logits, nodes = kernels.run_cmm(x, *arguments[:3])
+        parallel_logits, parallel_nodes = kernels.run_cmm(x, *arguments[:3], parallel=True)
     np.testing.assert_array_equal(serial, parallel)
-    logits, nodes = kernels.run_cmm(x, *arguments[:3])
-    parallel_logits, parallel_nodes = kernels.run_cmm(x, *arguments[:3], workers=np.zeros_like(workers))
     np.testing.assert_array_equal(logits, parallel_logits)
     np.testing.assert_array_equal(nodes, parallel_nodes)
 
 
-@pytest.fixture
-def fresh_gate(monkeypatch):
-    gate = calls.ParallelGate()
-    monkeypatch.setattr(calls, "gate", gate)
-    monkeypatch.setattr(calls, "_workers_size", lambda: 2)
-    return gate
+def test_thread_choice_tries_both_then_takes_the_faster_and_retries_the_other_later(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(calls.time, "monotonic", lambda: now[0])
+    choice = calls.ThreadChoice()
+    assert choice.parallel(100)  # nothing timed: parallel first
+    choice.record(100, True, 100 * 9e-6)  # the first: it may start the threads, so not counted
+    assert choice.parallel(100)
+    choice.record(100, True, 100 * 2e-6)
+    assert not choice.parallel(100)  # then serial, once
+    choice.record(100, False, 100 * 3e-6)
+    assert choice.parallel(100)  # parallel was faster
+    choice.record(100, True, 100 * 2e-6)
+    assert choice.parallel(64)  # the same size class (64..127 rows)
+    assert choice.parallel(128) and choice.parallel(32)  # other classes start over: parallel first
+    now[0] += 2 * choice.RETRY_MIN_S  # serial last ran 100 ms ago: re-measured once
+    assert not choice.parallel(100)
+    for _ in range(4):  # the machine changed: serial is now faster
+        choice.record(100, False, 100 * 1e-6)
+    assert choice.per_row[(7, False)] < choice.per_row[(7, True)]
+    assert choice.parallel(100)  # parallel last ran 100 ms ago: its retry is due
+    choice.record(100, True, 100 * 2e-6)  # right after serial calls: wakes the helpers, not counted
+    assert choice.parallel(100)  # so the next call runs parallel too
+    choice.record(100, True, 100 * 2e-6)
+    assert not choice.parallel(100)  # serial until the next retry
 
 
-def test_gate_closes_when_helpers_did_nothing_and_backs_off_while_they_stay_away(fresh_gate):
-    assert fresh_gate.is_open() and calls._use_threads(PARALLEL_MIN_ROWS, PARALLEL_MIN_ROWS)
-    assert fresh_gate.record(np.array([8, 0]))  # the calling thread ran every group
-    assert not fresh_gate.is_open()
-    assert not calls._use_threads(PARALLEL_MIN_ROWS, PARALLEL_MIN_ROWS)  # medium batches: serial now
-    assert calls._use_threads(ALWAYS_PARALLEL_ROWS, PARALLEL_MIN_ROWS)  # large ones: every thread anyway
-    first = fresh_gate.backoff_s
-    assert first == 2 * calls.ParallelGate.FIRST_BACKOFF_S
-    fresh_gate.record(np.array([0, 40]))  # one thread did it all, whichever it was
-    assert fresh_gate.backoff_s == 2 * first
-    for _ in range(20):
-        fresh_gate.record(np.array([40, 0]))
-    assert fresh_gate.backoff_s == calls.ParallelGate.MAX_BACKOFF_S
+def test_thread_choice_does_not_count_the_parallel_call_that_wakes_the_helpers():
+    choice = calls.ThreadChoice()
+    choice.record(200, True, 200 * 1e-6)  # the first, not counted
+    choice.record(200, True, 200 * 1e-6)
+    choice.record(200, False, 200 * 2e-6)
+    choice.record(200, True, 5e-3)  # right after a serial call: helpers asleep, not counted
+    assert choice.per_row[(8, True)] == 1e-6
+    assert choice.parallel(200)  # and the next call runs parallel to be counted
+    choice.record(200, True, 200 * 1.5e-6)
+    assert choice.per_row[(8, True)] > 1e-6
 
 
-def test_gate_stays_open_while_helpers_share_the_work(fresh_gate):
-    fresh_gate.record(np.array([9, 0]))
-    assert fresh_gate.record(np.array([5, 3])) is False  # a fair share: back to the first back-off
-    assert fresh_gate.backoff_s == calls.ParallelGate.FIRST_BACKOFF_S
-    assert fresh_gate.record(np.array([1, 0])) is False  # one piece of work says nothing
-    fresh_gate.closed_until = 0.0
-    assert fresh_gate.is_open()
+def test_thread_choice_follows_slow_parallel_calls_on_a_busy_machine():
+    choice = calls.ThreadChoice()
+    choice.record(200, True, 200 * 1e-6)  # the first, not counted
+    choice.record(200, True, 200 * 1e-6)
+    choice.record(200, False, 200 * 2e-6)
+    choice.record(200, True, 200 * 1e-6)  # wakes the helpers: not counted
+    assert choice.parallel(200)
+    for _ in range(3):  # three in five parallel calls stall for a scheduler time slice
+        choice.record(200, True, 8e-3)
+    assert not choice.parallel(200)
 
 
-def test_a_closed_gate_runs_medium_batches_serially(fresh_gate, monkeypatch):
+def test_medium_batches_run_as_the_choice_says(monkeypatch):
     params = FFFParams.random(16, 4, 4, 1, seed=12)
-    x = np.random.default_rng(13).standard_normal((SERIAL_BLOCKED_ROWS, 16)).astype(np.float32)
+    x = np.random.default_rng(13).standard_normal((MEDIUM_ROWS, 16)).astype(np.float32)
     expected = fffcore.fff(x, params, backend="numba")
-    fresh_gate.closed_until = float("inf")
+    monkeypatch.setattr(calls.ThreadChoice, "parallel", lambda self, rows: False)
 
-    def refuse(*args):
-        raise AssertionError("a parallel kernel ran while the gate was closed")
+    def refuse(*args, **kwargs):
+        raise AssertionError("a parallel kernel ran where the choice was serial")
 
     monkeypatch.setattr(kernels, "run_parallel", refuse)
     np.testing.assert_array_equal(fffcore.fff(x, params, backend="numba"), expected)
     fffcore.cmm(x, params, backend="numba")
+    timed = calls.thread_choice(params).per_row
+    assert (MEDIUM_ROWS.bit_length(), False) in timed

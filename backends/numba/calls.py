@@ -6,13 +6,13 @@ them in ``benchmarks/NOTES.md``, section 12):
 - Below ``BLOCKED_MIN_ROWS``: the row-group kernels (four rows walked side by side).
 - From there: the blocked walk (rows grouped by node, sorted by subtree). ``fff`` and ``cmm``
   walk alike at every size, so ``cmm`` reports the path ``fff`` takes.
-- Threads: from ``PARALLEL_MIN_ROWS`` (and at least two blocks for the blocked walk) a call runs
-  on every thread while :data:`gate` is open, and from ``ALWAYS_PARALLEL_ROWS`` always. A
-  parallel region costs a few microseconds when the cores are free, but every thread must reach
-  its end, and on a busy machine a helper thread may first wait a scheduler time slice (several
-  milliseconds) for a core. The parallel kernels count which thread ran each piece of work; a
-  call whose helper threads did next to none of it closes the gate for a while (doubling while
-  it repeats), and medium batches run serially until it reopens.
+
+Threads: below ``PARALLEL_MIN_ROWS`` a call always runs on the calling thread. From there it runs
+serially or on every thread, whichever has taken less time per row lately for this layer and a
+batch of about this size (:class:`ThreadChoice`). On an idle machine that is every thread; but a
+parallel region ends only when every thread has reached its end, and on a busy machine a helper
+thread may first wait a scheduler time slice (several milliseconds) for a core, which costs more
+than a medium batch saves. Both kernels give the same bits, so the choice changes only the time.
 
 Importing this module imports numba (through :mod:`.kernels`).
 """
@@ -53,82 +53,115 @@ _first_calls_seen: set[tuple[str, str]] = set()
 logger = logging.getLogger("fffcore.backends.numba")
 
 
-class ParallelGate:
-    """Whether a medium batch may use every thread now, learnt from the parallel calls before it.
+class ThreadChoice:
+    """Serial or parallel, per batch size (powers of two), for one layer: the faster lately.
 
-    After each gated parallel call, :meth:`record` looks at how its pieces of work were shared:
-    when one thread ran nearly all of them (the others ran less than a quarter of their fair
-    share), the helpers were late (descheduled, or asleep and slow to wake) and the region only
-    cost time, so the gate closes for :attr:`backoff_s`, which doubles while calls keep finding
-    it so (up to :data:`MAX_BACKOFF_S`) and falls back to :data:`FIRST_BACKOFF_S` after a call
-    that shared its work. Serial and parallel kernels give the same bits, so the gate changes
-    only the time a call takes.
+    Each call's seconds per row are kept for its variant and size class, the last
+    :data:`SAMPLES` of them; a call takes the variant with the lower median (a median, so one
+    call that waited on the scheduler does not decide alone, and three in five do). A variant not yet
+    timed is tried first (parallel before serial); and the other variant is tried again once
+    :data:`RETRY_RATIO` times its expected call time has passed since it last ran (and at least
+    :data:`RETRY_MIN_S`), so it is re-measured at a cost of about 2% of the time at most, and a
+    machine whose load changes is followed within a second or so. A parallel call that is the
+    first of its size class, or right after serial ones, may find numba's helper threads asleep
+    or not yet started (they sleep after a fraction of a millisecond without work), so it is not
+    counted, and the next call runs parallel too and is.
     """
 
-    FIRST_BACKOFF_S = 0.05
-    MAX_BACKOFF_S = 2.0
+    SAMPLES = 5
+    RETRY_RATIO = 50.0
+    RETRY_MIN_S = 0.05
 
     def __init__(self) -> None:
-        self.closed_until = 0.0
-        self.backoff_s = self.FIRST_BACKOFF_S
+        self.per_row: dict[tuple[int, bool], float] = {}  # the median of ``samples``
+        self.samples: dict[tuple[int, bool], list[float]] = {}
+        self.last_run: dict[tuple[int, bool], float] = {}
+        self.previous: dict[int, bool] = {}  # size class -> whether its last call ran parallel
+        self.again: set[int] = set()  # size classes whose next call runs parallel (after a waking one)
 
-    def is_open(self) -> bool:
-        return time.monotonic() >= self.closed_until
-
-    def record(self, workers: np.ndarray) -> bool:
-        """Note a parallel call's ``workers`` counts; True when its helper threads were late."""
-        counts = workers.tolist()  # a few entries: Python's sum and max beat numpy's set-up here
-        pieces = sum(counts)
-        if pieces < 2:  # nothing to share: says nothing about the helpers
+    def parallel(self, rows: int) -> bool:
+        """Whether a call of ``rows`` rows should run on every thread."""
+        size = rows.bit_length()
+        if size in self.again:
+            self.again.discard(size)
+            return True
+        on_all = self.per_row.get((size, True))
+        if on_all is None:
+            return True
+        on_one = self.per_row.get((size, False))
+        if on_one is None:
             return False
-        threads = len(counts)
-        late = pieces - max(counts) < pieces * (threads - 1) / threads / 4
-        if late:
-            self.closed_until = time.monotonic() + self.backoff_s
-            self.backoff_s = min(2 * self.backoff_s, self.MAX_BACKOFF_S)
-        else:
-            self.backoff_s = self.FIRST_BACKOFF_S
-        return late
+        best = on_all <= on_one
+        other_per_row = on_one if best else on_all
+        since = time.monotonic() - self.last_run.get((size, not best), 0.0)
+        if since >= max(self.RETRY_MIN_S, self.RETRY_RATIO * other_per_row * rows):
+            return not best
+        return best
+
+    def record(self, rows: int, parallel: bool, seconds: float) -> None:
+        """Note that a call of ``rows`` rows took ``seconds`` serially or on every thread."""
+        size = rows.bit_length()
+        key = (size, parallel)
+        woke_helpers = parallel and self.previous.get(size) is not True
+        self.previous[size] = parallel
+        self.last_run[key] = time.monotonic()
+        if woke_helpers:
+            self.again.add(size)
+            return
+        samples = self.samples.setdefault(key, [])
+        samples.append(seconds / rows)
+        del samples[: -self.SAMPLES]
+        self.per_row[key] = sorted(samples)[len(samples) // 2]
 
 
-#: The one gate of this process: whether helper threads show up is a property of the machine's load.
-gate = ParallelGate()
+_choices: weakref.WeakKeyDictionary[FFFParams, ThreadChoice] = weakref.WeakKeyDictionary()
 
 
-def _workers_size() -> int:
-    """Entries of a ``workers`` array: one per thread numba may run (``NUMBA_NUM_THREADS``).
+def thread_choice(params: FFFParams) -> ThreadChoice:
+    """The :class:`ThreadChoice` of one layer (made on first use, dropped with the layer)."""
+    found = _choices.get(params)
+    if found is None:
+        found = _choices[params] = ThreadChoice()
+    return found
 
-    A program that lowers the count with ``numba.set_num_threads`` leaves some entries at zero;
-    the gate then judges the helpers against a larger fair share, which errs towards parallel.
-    """
+
+def _threads() -> int:
+    """Threads numba may run (``NUMBA_NUM_THREADS``)."""
     import numba
 
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-def _use_threads(rows: int, minimum: int) -> bool:
-    """Whether a call of ``rows`` rows runs on every thread (``minimum``: the kernel's own floor)."""
-    if rows < minimum or rows < sizes.PARALLEL_MIN_ROWS or _workers_size() < 2 or forking.inherited("numba"):
-        return False
-    return rows >= sizes.ALWAYS_PARALLEL_ROWS or gate.is_open()
-
-
-def _run(kernel: Callable[[np.ndarray | None], Any], rows: int, minimum: int, name: str, dtype: str) -> Any:
-    """``kernel(workers)`` on every thread, or ``kernel(None)`` on this one (see :func:`_use_threads`)."""
+def _run(kernel: Callable[[bool], Any], rows: int, params: FFFParams, name: str) -> Any:
+    """``kernel(parallel)``: on this thread below PARALLEL_MIN_ROWS rows, on one thread (numba
+    given one, or a child forked from a process that ran the thread pool: see
+    :mod:`fffcore.forking`), else as :func:`thread_choice` says, timed for it."""
     global _layer_is_thread_safe
-    if not _use_threads(rows, minimum):
-        return _first_call(name + " serial", dtype, lambda: kernel(None))
-    forking.note_started("numba")
-    workers = np.zeros(_workers_size(), np.int64)
-    if _layer_is_thread_safe:
-        result = _first_call(name + " parallel", dtype, lambda: kernel(workers))
-    else:  # the first parallel calls: one at a time until the threading layer is known to be safe
-        with _serial_lock:
-            result = _first_call(name + " parallel", dtype, lambda: kernel(workers))
-            _layer_is_thread_safe = _threading_layer() in _THREAD_SAFE_LAYERS
-    if rows < sizes.ALWAYS_PARALLEL_ROWS:
-        gate.record(workers)
+    dtype = params.dtype
+    if rows < sizes.PARALLEL_MIN_ROWS or _threads() < 2 or forking.inherited("numba"):
+        return _first_call(name + " serial", dtype, lambda: kernel(False))
+    choice = thread_choice(params)
+    parallel = choice.parallel(rows)
+    what = name + (" parallel" if parallel else " serial")
+    start = time.perf_counter()
+    if not parallel:
+        result = _first_call(what, dtype, lambda: kernel(False))
+    else:
+        forking.note_started("numba")
+        if _layer_is_thread_safe:
+            result = _first_call(what, dtype, lambda: kernel(True))
+        else:  # the first parallel calls: one at a time until the threading layer is known to be safe
+            with _serial_lock:
+                result = _first_call(what, dtype, lambda: kernel(True))
+                _layer_is_thread_safe = _threading_layer() in _THREAD_SAFE_LAYERS
+    if (what, dtype) in _timed_kernels:  # not the first call, which may have compiled
+        choice.record(rows, parallel, time.perf_counter() - start)
+    else:
+        _timed_kernels.add((what, dtype))
     return result
+
+
+_timed_kernels: set[tuple[str, str]] = set()
 
 
 def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
@@ -142,14 +175,14 @@ def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
     w_in, b_in, has_bias = _layer_arguments(params)[:3]
     if count < sizes.BLOCKED_MIN_ROWS:
 
-        def groups(workers: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-            if workers is None:
-                return kernels._cmm_rows_serial(rows, w_in, b_in, has_bias)
-            return kernels.run_parallel(kernels._cmm_rows_parallel, rows, w_in, b_in, has_bias, workers)
+        def groups(parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+            if parallel:
+                return kernels.run_parallel(kernels._cmm_rows_parallel, rows, w_in, b_in, has_bias)
+            return kernels._cmm_rows_serial(rows, w_in, b_in, has_bias)
 
-        return _run(groups, count, sizes.PARALLEL_MIN_ROWS, "cmm rows", params.dtype)
-    blocked = lambda workers: kernels.run_cmm(rows, w_in, b_in, has_bias, workers=workers)  # noqa: E731
-    return _run(blocked, count, sizes.DEFAULT_BLOCK + 1, "cmm blocked", params.dtype)
+        return _run(groups, count, params, "cmm rows")
+    blocked = lambda parallel: kernels.run_cmm(rows, w_in, b_in, has_bias, parallel=parallel)  # noqa: E731
+    return _run(blocked, count, params, "cmm blocked")
 
 
 def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
@@ -158,48 +191,37 @@ def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
     count = rows.shape[0]
     arguments = _layer_arguments(params)
     if count < sizes.BLOCKED_MIN_ROWS:
-        groups = lambda workers: _row_groups(rows, arguments, workers)  # noqa: E731
-        return _run(groups, count, sizes.PARALLEL_MIN_ROWS, "fff rows", params.dtype)
-    return _run(
-        lambda workers: kernels.run_fff(rows, *arguments, workers=workers),
-        count,
-        sizes.DEFAULT_BLOCK + 1,
-        "fff blocked",
-        params.dtype,
-    )
+        return _run(lambda parallel: _row_groups(rows, arguments, parallel), count, params, "fff rows")
+    return _run(lambda parallel: kernels.run_fff(rows, *arguments, parallel=parallel), count, params, "fff blocked")
 
 
-def _row_groups(rows: np.ndarray, arguments: tuple[Any, ...], workers: np.ndarray | None) -> np.ndarray:
-    """The row-group kernel, serial (``workers`` None) or parallel."""
-    if workers is None:
-        return kernels._fff_rows_serial(rows, *arguments)
-    return kernels.run_parallel(kernels._fff_rows_parallel, rows, *arguments, workers)
+def _row_groups(rows: np.ndarray, arguments: tuple[Any, ...], parallel: bool) -> np.ndarray:
+    """The fff row-group kernel, serial or parallel."""
+    if parallel:
+        return kernels.run_parallel(kernels._fff_rows_parallel, rows, *arguments)
+    return kernels._fff_rows_serial(rows, *arguments)
 
 
 def warm_up(dtypes: Sequence[str]) -> None:
     """Compile (or load from the disk cache) every kernel a call in these dtypes can use: for
     ``fff`` and ``cmm`` the row-group kernels (for ``fff`` also the direct entry point small
-    calls use) and the blocked walk, each serial and parallel.
-    Asked for, so no compiling notice is shown."""
+    calls use) and the blocked walk, each serial and parallel. Asked for, so no compiling
+    notice is shown."""
     for dtype in dtypes:
         for kernel in ("fff rows", "cmm rows", "fff blocked", "cmm blocked"):
-            for variant in ("", " serial", " parallel"):
+            for variant in (" serial", " parallel"):
                 _first_calls_seen.add((kernel + variant, dtype))
         params = FFFParams.random(8, 4, 3, dtype=dtype, seed=0)
         arguments = _layer_arguments(params)
         prepared = prepare_fff_rows(params)
         prepared(np.zeros((1, params.d_in), dtype), params)
-        for rows in (1, sizes.BLOCKED_MIN_ROWS):
-            x = _read_only_rows(np.zeros((rows, params.d_in), dtype), dtype)
-            workers = np.zeros(_workers_size(), np.int64)
-            _row_groups(x, arguments, None)
-            _row_groups(x, arguments, workers)
-            kernels.run_fff(x, *arguments)
-            kernels.run_fff(x, *arguments, workers=workers)
-            kernels._cmm_rows_serial(x, *arguments[:3])
-            kernels.run_parallel(kernels._cmm_rows_parallel, x, *arguments[:3], workers)
-            kernels.run_cmm(x, *arguments[:3])
-            kernels.run_cmm(x, *arguments[:3], workers=workers)
+        x = _read_only_rows(np.zeros((sizes.PARALLEL_MIN_ROWS, params.d_in), dtype), dtype)
+        for parallel in (False, True):
+            _row_groups(x, arguments, parallel)
+            kernels.run_fff(x, *arguments, parallel=parallel)
+            kernels.run_cmm(x, *arguments[:3], parallel=parallel)
+        kernels._cmm_rows_serial(x, *arguments[:3])
+        kernels.run_parallel(kernels._cmm_rows_parallel, x, *arguments[:3])
 
 
 def cache_location() -> str:

@@ -38,7 +38,7 @@ Activations run in float64 without fastmath (:mod:`.activations`).
 from __future__ import annotations
 
 import numpy as np
-from numba import get_thread_id, njit, prange, set_parallel_chunksize
+from numba import njit, prange, set_parallel_chunksize
 
 from fffcore.backends.numba.activations import activate
 from fffcore.backends.numba.sizes import DEFAULT_BLOCK, GROUP_ROWS
@@ -53,8 +53,7 @@ SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 #: Which kernel runs at which batch size, and when a call uses every thread, is decided in
 #: :mod:`fffcore.backends.numba.calls` (the thresholds are in :mod:`.sizes`); every kernel here
-#: comes in a serial variant and a parallel one that records which thread ran each piece of work
-#: (``workers``), so the caller can tell whether its helper threads were there at all.
+#: comes in a serial variant and a parallel one, which give the same bits.
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
@@ -215,11 +214,10 @@ def _fff_rows_serial(x, w_in, b_in, has_bias, w_out, code):
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
-def _fff_rows_parallel(x, w_in, b_in, has_bias, w_out, code, workers):
+def _fff_rows_parallel(x, w_in, b_in, has_bias, w_out, code):
     """:func:`_fff_rows_serial` with the groups of four rows spread over numba's threads.
 
-    ``workers`` (>= threads,) int64: each group adds one at the index of the thread that ran it.
-    Call with chunk size 1 (:func:`run_parallel`), so groups are handed out one at a time.
+    Call it through :func:`run_parallel` (chunk size 1), so groups are handed out one at a time.
     """
     rows = x.shape[0]
     y = np.empty((rows, w_out.shape[2]), x.dtype)
@@ -227,7 +225,6 @@ def _fff_rows_parallel(x, w_in, b_in, has_bias, w_out, code, workers):
     for g in prange(groups):
         lo = g * GROUP_ROWS
         _fff_row_range(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, w_out, code, y)
-        workers[get_thread_id()] += 1
     return y
 
 
@@ -261,9 +258,9 @@ def _cmm_rows_serial(x, w_in, b_in, has_bias):
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
-def _cmm_rows_parallel(x, w_in, b_in, has_bias, workers):
-    """:func:`_cmm_rows_serial` with the groups of four rows spread over numba's threads (``workers``
-    as in :func:`_fff_rows_parallel`)."""
+def _cmm_rows_parallel(x, w_in, b_in, has_bias):
+    """:func:`_cmm_rows_serial` with the groups of four rows spread over numba's threads (call it
+    through :func:`run_parallel`)."""
     rows = x.shape[0]
     levels = _level_count(w_in.shape[1])
     logits = np.empty((rows, w_in.shape[0], levels), x.dtype)
@@ -272,7 +269,6 @@ def _cmm_rows_parallel(x, w_in, b_in, has_bias, workers):
     for g in prange(groups):
         lo = g * GROUP_ROWS
         _cmm_row_range(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, logits, nodes)
-        workers[get_thread_id()] += 1
     return logits, nodes
 
 
@@ -539,13 +535,11 @@ def _walk_tree_parallel(
     code,
     fused,
     assign,
-    workers,
 ):
     """Every row through tree ``tree`` (see the module docstring), blocks spread over Numba's threads.
 
     ``node_at_split`` (B,) int64 zeros, filled with the node each row reaches
-    at level ``split``; ``workers`` (>= threads,) int64: each block adds one at
-    the index of the thread that ran it. Call it through :func:`run_parallel`,
+    at level ``split``. Call it through :func:`run_parallel`,
     which hands blocks out one at a time (chunk size 1), so a thread that the
     operating system delays holds back one block, not a fixed share of them.
     (``with parallel_chunksize`` inside the kernel would do the same but cannot
@@ -559,8 +553,7 @@ def _walk_tree_parallel(
             _top_block(
                 x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, min(rows, lo + block), split, node_at_split
             )
-            workers[get_thread_id()] += 1
-    sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
+        sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
     for b in prange(blocks):
         lo = b * block
         order = sorted_rows[lo : min(rows, lo + block)].copy()
@@ -582,7 +575,6 @@ def _walk_tree_parallel(
             fused,
             assign,
         )
-        workers[get_thread_id()] += 1
 
 
 @njit(cache=True)
@@ -603,9 +595,8 @@ def _walk_tree_serial(
     code,
     fused,
     assign,
-    workers,
 ):
-    """:func:`_walk_tree_parallel` on the calling thread (``workers`` unused)."""
+    """:func:`_walk_tree_parallel` on the calling thread."""
     rows = x.shape[0]
     blocks = (rows + block - 1) // block
     if split > 0:
@@ -648,11 +639,11 @@ def run_parallel(kernel, *args):
         set_parallel_chunksize(previous)
 
 
-def _walk_tree(workers: np.ndarray | None):
-    """The tree walk to run: parallel when given a ``workers`` array to count in, else serial."""
-    if workers is None:
-        return lambda *args: _walk_tree_serial(*args, np.zeros(1, np.int64))
-    return lambda *args: run_parallel(_walk_tree_parallel, *args, workers)
+def _walk_tree(parallel: bool):
+    """The tree walk to run: on every thread, or on the calling one."""
+    if parallel:
+        return lambda *args: run_parallel(_walk_tree_parallel, *args)
+    return _walk_tree_serial
 
 
 def choose_split(rows: int, levels: int, block: int) -> int:
@@ -668,7 +659,7 @@ def run_cmm(
     b_in: np.ndarray,
     has_bias: bool,
     block: int = DEFAULT_BLOCK,
-    workers: np.ndarray | None = None,
+    parallel: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CMM of every row by the blocked walk.
 
@@ -676,8 +667,7 @@ def run_cmm(
         x: (B, d_in) C-contiguous rows in the weights' dtype (float32 or float64).
         w_in: (K, N, d_in) weights; b_in: (K, N) biases, read only when ``has_bias``.
         block: rows walked together.
-        workers: None to run on the calling thread; else a (>= threads,) int64 array, and the
-            walk runs on every thread, adding one at a thread's index for each block it ran.
+        parallel: on every thread (blocks handed out one at a time), or on the calling one.
 
     Returns:
         logits (B, K, L) in x's dtype and nodes (B, K, L) int64, L = depth + 1.
@@ -692,7 +682,7 @@ def run_cmm(
     split = choose_split(rows, levels, block)
     unused_y = np.empty((0, 1), x.dtype)
     unused_w = np.empty((1, 1, 1), x.dtype)
-    kernel = _walk_tree(workers)
+    kernel = _walk_tree(parallel)
     for tree in range(trees):
         node_at_split = np.zeros(rows, np.int64)
         kernel(
@@ -724,7 +714,7 @@ def run_fff(
     w_out: np.ndarray,
     code: int,
     block: int = DEFAULT_BLOCK,
-    workers: np.ndarray | None = None,
+    parallel: bool = False,
 ) -> np.ndarray:
     """The fused FFF layer by the blocked walk: (B, d_out) in x's dtype.
 
@@ -741,7 +731,7 @@ def run_fff(
     split = choose_split(rows, levels, block)
     logits = np.empty((rows, 1, levels), x.dtype)
     nodes = np.empty((rows, 1, levels), np.int64)
-    kernel = _walk_tree(workers)
+    kernel = _walk_tree(parallel)
     for tree in range(trees):
         node_at_split = np.zeros(rows, np.int64)
         kernel(

@@ -18,7 +18,6 @@ from typing import Any
 
 from fffcore.backend import AVAILABLE, Availability, Backend
 from fffcore.backends.numba.sizes import (
-    ALWAYS_PARALLEL_ROWS,
     BLOCKED_MIN_ROWS,
     GROUP_ROWS,
     PARALLEL_MIN_ROWS,
@@ -47,10 +46,9 @@ class NumbaBackend(Backend):
     dtypes = ("float32", "float64")
     priority = 100
     install = INSTALL
-    # Whole groups of four rows from 4, every thread (while helpers show up) from 16, the blocked
-    # walk (blocks of 64, a top stage and a sort) from 512, every thread always from 1024
-    # (backends/numba/sizes.py).
-    batch_thresholds = (GROUP_ROWS, PARALLEL_MIN_ROWS, BLOCKED_MIN_ROWS, ALWAYS_PARALLEL_ROWS)
+    # Whole groups of four rows from 4, every thread (when that has been faster) from 16, the
+    # blocked walk (blocks of 64, a top stage and a sort) from 1536 (backends/numba/sizes.py).
+    batch_thresholds = (GROUP_ROWS, PARALLEL_MIN_ROWS, BLOCKED_MIN_ROWS)
 
     def availability(self) -> Availability:
         if importlib.util.find_spec("numba") is None:
