@@ -181,15 +181,16 @@ _FIRST_CALL = """
 import json, time
 import numpy as np, fffcore
 params = fffcore.FFFParams.random(768, 768, 11, 1, dtype="{dtype}", seed=0)
-small = np.random.default_rng(1).standard_normal((64, 768)).astype("{dtype}")
-large = np.random.default_rng(1).standard_normal((4096, 768)).astype("{dtype}")
+x = np.random.default_rng(1).standard_normal((4096, 768)).astype("{dtype}")
 seconds = {{}}
 for name, call in (
-    ("fff 64 rows (serial kernel)", lambda: fffcore.fff(small, params, backend="numba")),
-    ("fff 4096 rows (parallel kernel)", lambda: fffcore.fff(large, params, backend="numba")),
-    ("cmm 64 rows", lambda: fffcore.cmm(small, params, backend="numba")),
-    ("cmm 4096 rows", lambda: fffcore.cmm(large, params, backend="numba")),
-    ("fff 4096 rows, second call", lambda: fffcore.fff(large, params, backend="numba")),
+    ("fff 1 row (row groups, serial)", lambda: fffcore.fff(x[:1], params, backend="numba")),
+    ("fff 64 rows (row groups, parallel)", lambda: fffcore.fff(x[:64], params, backend="numba")),
+    ("fff 4096 rows (blocked walk, parallel)", lambda: fffcore.fff(x, params, backend="numba")),
+    ("cmm 1 row", lambda: fffcore.cmm(x[:1], params, backend="numba")),
+    ("cmm 64 rows", lambda: fffcore.cmm(x[:64], params, backend="numba")),
+    ("cmm 4096 rows", lambda: fffcore.cmm(x, params, backend="numba")),
+    ("fff 4096 rows, second call", lambda: fffcore.fff(x, params, backend="numba")),
 ):
     start = time.perf_counter()
     call()
@@ -198,25 +199,37 @@ from fffcore.backends.numba.kernels import cache_statistics
 print(json.dumps({{"seconds": seconds, **cache_statistics()}}))
 """
 
+_WARMUP = """
+import json, time, fffcore
+start = time.perf_counter()
+fffcore.warmup(["{dtype}"], ["numba"])
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
 
 def compile_times() -> None:
     """First calls in a fresh process (after ``import numba`` is paid by the first): with an empty cache
-    (cold: compiles), then in a second process with the cache the first left (warm: loads)."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        print(f"first calls in fresh processes (NUMBA_CACHE_DIR={cache}, initially empty)")
-        for dtype in ("float32", "float64"):
+    (cold: compiles), then in a second process with the cache the first left (warm: loads); and
+    ``fffcore.warmup`` of one dtype on an empty cache (every kernel, serial and parallel)."""
+    for dtype in ("float32", "float64"):
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            print(f"first calls in fresh processes (NUMBA_CACHE_DIR={cache}, initially empty)")
             for label in ("cold", "warm cache"):
-                out = subprocess.run(
-                    [sys.executable, "-c", textwrap.dedent(_FIRST_CALL.format(dtype=dtype))],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                seen = json.loads(out.stdout.strip().splitlines()[-1])
+                seen = _run_python(_FIRST_CALL.format(dtype=dtype), env)
                 calls = ", ".join(f"{name} {value:.3f} s" for name, value in seen["seconds"].items())
                 print(f"  {dtype} {label} (cache hits {seen['hits']}, misses {seen['misses']}): {calls}")
+        with tempfile.TemporaryDirectory() as cache:
+            seen = _run_python(_WARMUP.format(dtype=dtype), {**os.environ, "NUMBA_CACHE_DIR": cache})
+            print(f"  {dtype} fffcore.warmup on an empty cache: {seen['seconds']:.1f} s")
+
+
+def _run_python(source: str, env: dict[str, str]) -> Any:
+    """Run ``source`` in a fresh interpreter; its last line of output, parsed as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def one_thread_cpu_seconds(call: Callable[[], Any], repeats: int) -> float:

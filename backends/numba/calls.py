@@ -132,33 +132,37 @@ def _threads() -> int:
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-def _run(kernel: Callable[[bool], Any], rows: int, params: FFFParams, name: str) -> Any:
+def _run(kernel: Callable[[bool], Any], rows: int, params: FFFParams, name: str, serial_in_pool: bool) -> Any:
     """``kernel(parallel)``: on this thread below PARALLEL_MIN_ROWS rows, on one thread (numba
     given one, or a child forked from a process that ran the thread pool: see
-    :mod:`fffcore.forking`), else as :func:`thread_choice` says, timed for it."""
-    global _layer_is_thread_safe
+    :mod:`fffcore.forking`), else as :func:`thread_choice` says, timed for it.
+    ``serial_in_pool``: whether ``kernel(False)`` too enters numba's threading layer."""
     dtype = params.dtype
     if rows < sizes.PARALLEL_MIN_ROWS or _threads() < 2 or forking.inherited("numba"):
-        return _first_call(name + " serial", dtype, lambda: kernel(False))
+        return _in_pool(serial_in_pool, name + " serial", dtype, lambda: kernel(False))
     choice = thread_choice(params)
     parallel = choice.parallel(rows)
     what = name + (" parallel" if parallel else " serial")
     start = time.perf_counter()
-    if not parallel:
-        result = _first_call(what, dtype, lambda: kernel(False))
-    else:
+    if parallel:
         forking.note_started("numba")
-        if _layer_is_thread_safe:
-            result = _first_call(what, dtype, lambda: kernel(True))
-        else:  # the first parallel calls: one at a time until the threading layer is known to be safe
-            with _serial_lock:
-                result = _first_call(what, dtype, lambda: kernel(True))
-                _layer_is_thread_safe = _threading_layer() in _THREAD_SAFE_LAYERS
+    result = _in_pool(parallel or serial_in_pool, what, dtype, lambda: kernel(parallel))
     if (what, dtype) in _timed_kernels:  # not the first call, which may have compiled
         choice.record(rows, parallel, time.perf_counter() - start)
     else:
         _timed_kernels.add((what, dtype))
     return result
+
+
+def _in_pool(enters_pool: bool, what: str, dtype: str, call: Callable[[], Any]) -> Any:
+    """``call()`` (kernel ``what``); one at a time while it enters a threading layer not known to be thread-safe."""
+    global _layer_is_thread_safe
+    if not enters_pool or _layer_is_thread_safe:
+        return _first_call(what, dtype, call)
+    with _serial_lock:
+        result = _first_call(what, dtype, call)
+        _layer_is_thread_safe = _threading_layer() in _THREAD_SAFE_LAYERS
+        return result
 
 
 _timed_kernels: set[tuple[str, str]] = set()
@@ -180,9 +184,9 @@ def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
                 return kernels.run_parallel(kernels._cmm_rows_parallel, rows, w_in, b_in, has_bias)
             return kernels._cmm_rows_serial(rows, w_in, b_in, has_bias)
 
-        return _run(groups, count, params, "cmm rows")
+        return _run(groups, count, params, "cmm rows", serial_in_pool=False)
     blocked = lambda parallel: kernels.run_cmm(rows, w_in, b_in, has_bias, parallel=parallel)  # noqa: E731
-    return _run(blocked, count, params, "cmm blocked")
+    return _run(blocked, count, params, "cmm blocked", serial_in_pool=True)
 
 
 def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
@@ -191,8 +195,10 @@ def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
     count = rows.shape[0]
     arguments = _layer_arguments(params)
     if count < sizes.BLOCKED_MIN_ROWS:
-        return _run(lambda parallel: _row_groups(rows, arguments, parallel), count, params, "fff rows")
-    return _run(lambda parallel: kernels.run_fff(rows, *arguments, parallel=parallel), count, params, "fff blocked")
+        groups = lambda parallel: _row_groups(rows, arguments, parallel)  # noqa: E731
+        return _run(groups, count, params, "fff rows", serial_in_pool=False)
+    blocked = lambda parallel: kernels.run_fff(rows, *arguments, parallel=parallel)  # noqa: E731
+    return _run(blocked, count, params, "fff blocked", serial_in_pool=True)
 
 
 def _row_groups(rows: np.ndarray, arguments: tuple[Any, ...], parallel: bool) -> np.ndarray:
@@ -204,9 +210,10 @@ def _row_groups(rows: np.ndarray, arguments: tuple[Any, ...], parallel: bool) ->
 
 def warm_up(dtypes: Sequence[str]) -> None:
     """Compile (or load from the disk cache) every kernel a call in these dtypes can use: for
-    ``fff`` and ``cmm`` the row-group kernels (for ``fff`` also the direct entry point small
-    calls use) and the blocked walk, each serial and parallel. Asked for, so no compiling
-    notice is shown."""
+    ``fff`` and ``cmm`` the row-group kernels, serial and parallel (for ``fff`` also the direct
+    entry point small calls use), and the blocked walk (whose serial runs are the parallel kernel
+    on one thread). Asked for, so no compiling notice is shown. A child forked from a process
+    that ran numba's threads compiles the threadless walk the first time it needs it."""
     for dtype in dtypes:
         for kernel in ("fff rows", "cmm rows", "fff blocked", "cmm blocked"):
             for variant in (" serial", " parallel"):
@@ -216,12 +223,12 @@ def warm_up(dtypes: Sequence[str]) -> None:
         prepared = prepare_fff_rows(params)
         prepared(np.zeros((1, params.d_in), dtype), params)
         x = _read_only_rows(np.zeros((sizes.PARALLEL_MIN_ROWS, params.d_in), dtype), dtype)
-        for parallel in (False, True):
-            _row_groups(x, arguments, parallel)
-            kernels.run_fff(x, *arguments, parallel=parallel)
-            kernels.run_cmm(x, *arguments[:3], parallel=parallel)
+        _row_groups(x, arguments, False)
+        _row_groups(x, arguments, True)
         kernels._cmm_rows_serial(x, *arguments[:3])
         kernels.run_parallel(kernels._cmm_rows_parallel, x, *arguments[:3])
+        kernels.run_fff(x, *arguments, parallel=True)  # the blocked walk: one kernel for fff and cmm
+        kernels.run_cmm(x, *arguments[:3], parallel=True)
 
 
 def cache_location() -> str:

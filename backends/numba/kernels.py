@@ -38,8 +38,9 @@ Activations run in float64 without fastmath (:mod:`.activations`).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, set_parallel_chunksize
+from numba import get_num_threads, njit, prange, set_num_threads, set_parallel_chunksize
 
+from fffcore import forking
 from fffcore.backends.numba.activations import activate
 from fffcore.backends.numba.sizes import DEFAULT_BLOCK, GROUP_ROWS
 
@@ -596,7 +597,7 @@ def _walk_tree_serial(
     fused,
     assign,
 ):
-    """:func:`_walk_tree_parallel` on the calling thread."""
+    """:func:`_walk_tree_parallel` without threads, for forked children (:func:`_walk_tree`)."""
     rows = x.shape[0]
     blocks = (rows + block - 1) // block
     if split > 0:
@@ -639,11 +640,26 @@ def run_parallel(kernel, *args):
         set_parallel_chunksize(previous)
 
 
+def run_on_one_thread(kernel, *args):
+    """A parallel kernel run on the calling thread alone (numba's thread count for this thread set
+    to one, then restored): the serial variant without compiling a second kernel."""
+    previous = get_num_threads()
+    set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        set_num_threads(previous)
+
+
 def _walk_tree(parallel: bool):
-    """The tree walk to run: on every thread, or on the calling one."""
+    """The tree walk to run: the parallel kernel on every thread or on this one; the serial kernel
+    in a child forked from a process that ran numba's threads (see :mod:`fffcore.forking`), which
+    must not enter the inherited thread pool at all."""
     if parallel:
         return lambda *args: run_parallel(_walk_tree_parallel, *args)
-    return _walk_tree_serial
+    if forking.inherited("numba"):
+        return _walk_tree_serial
+    return lambda *args: run_on_one_thread(_walk_tree_parallel, *args)
 
 
 def choose_split(rows: int, levels: int, block: int) -> int:
@@ -667,7 +683,9 @@ def run_cmm(
         x: (B, d_in) C-contiguous rows in the weights' dtype (float32 or float64).
         w_in: (K, N, d_in) weights; b_in: (K, N) biases, read only when ``has_bias``.
         block: rows walked together.
-        parallel: on every thread (blocks handed out one at a time), or on the calling one.
+        parallel: on every thread (blocks handed out one at a time), or on the calling one. Both
+            run the parallel kernel (see :func:`_walk_tree`), so either enters numba's threading
+            layer.
 
     Returns:
         logits (B, K, L) in x's dtype and nodes (B, K, L) int64, L = depth + 1.
@@ -682,6 +700,7 @@ def run_cmm(
     split = choose_split(rows, levels, block)
     unused_y = np.empty((0, 1), x.dtype)
     unused_w = np.empty((1, 1, 1), x.dtype)
+    unused_w.flags.writeable = False  # as the layer's w_out: the same compiled walk as run_fff
     kernel = _walk_tree(parallel)
     for tree in range(trees):
         node_at_split = np.zeros(rows, np.int64)
