@@ -19,6 +19,11 @@ from typing import Any
 
 #: A sample runs the call this long at least, so timer resolution and loop overhead stay negligible.
 MIN_SAMPLE_SECONDS = 0.002
+#: Untimed calls run this long at least before the samples (and at least two calls): the thread
+#: pools of the implementation timed before go idle (OpenMP runtimes keep their threads spinning
+#: for a while after a parallel region, taking cores from the next one), and a backend that
+#: adapts to the machine (numba's choice between one thread and all) settles on idle cores.
+WARM_UP_SECONDS = 0.5
 REPEATS = 7
 MIN_REPEATS = 3
 #: Seconds of sampling per implementation; past it, its sampling stops once MIN_REPEATS samples are taken.
@@ -60,9 +65,12 @@ class Timing:
         return (q3 - q1) / self.median if self.median > 0 else 0.0
 
 
-def warm_up(call: Callable[[], Any], min_sample: float = MIN_SAMPLE_SECONDS) -> Timing:
-    """Untimed calls: the first is recorded as ``first_call``; then calls for ``min_sample``
-    seconds at least, whose mean sets the calls per sample.
+def warm_up(
+    call: Callable[[], Any], min_sample: float = MIN_SAMPLE_SECONDS, seconds: float = WARM_UP_SECONDS
+) -> Timing:
+    """Untimed calls: the first is recorded as ``first_call``; then calls for ``seconds`` (and
+    ``min_sample``) at least, the mean of the last ``min_sample`` seconds of which sets the calls
+    per sample.
 
     Calibrating on steady calls rather than on the second one matters for calls of a few
     microseconds: the second still finds caches cold (a fresh input, the first of each input
@@ -72,13 +80,17 @@ def warm_up(call: Callable[[], Any], min_sample: float = MIN_SAMPLE_SECONDS) -> 
     start = time.perf_counter()
     call()
     first_call = time.perf_counter() - start
-    calls = 0
-    start = time.perf_counter()
+    began = time.perf_counter()
     while True:
-        output = call()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_sample:
+        calls = 0
+        start = time.perf_counter()
+        while True:
+            output = call()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_sample:
+                break
+        if time.perf_counter() - began >= seconds:
             break
     number = max(1, math.ceil(min_sample / max(elapsed / calls, 1e-9)))
     return Timing([], number, first_call, output)
@@ -99,6 +111,7 @@ def time_call(
     min_repeats: int = MIN_REPEATS,
     budget: float = BUDGET_SECONDS,
     min_sample: float = MIN_SAMPLE_SECONDS,
+    warm_up_seconds: float = WARM_UP_SECONDS,
     after_each: Callable[[], None] | None = None,
 ) -> Timing:
     """Time ``call`` (which must wait for its device itself): warm-up, then up to ``repeats`` samples.
@@ -109,7 +122,7 @@ def time_call(
     """
     if repeats < 1 or min_repeats < 1:
         raise ValueError(f"repeats, min_repeats: expected >= 1, got {repeats}, {min_repeats}")
-    timing = warm_up(call, min_sample)
+    timing = warm_up(call, min_sample, warm_up_seconds)
     if after_each is not None:
         after_each()
     began = time.perf_counter()

@@ -162,7 +162,9 @@ def test_check_without_a_path_leaves_out_rows_with_a_near_tie():
 
 def test_time_call_warms_up_then_samples():
     calls = []
-    timing = time_call(lambda: calls.append(1) or len(calls), repeats=4, budget=10.0, min_sample=0.0)
+    timing = time_call(
+        lambda: calls.append(1) or len(calls), repeats=4, budget=10.0, min_sample=0.0, warm_up_seconds=0.0
+    )
     assert len(timing.samples) == 4
     assert len(calls) == 2 + 4 * timing.number
     assert timing.output == len(calls)
@@ -182,8 +184,17 @@ def test_time_call_sets_calls_per_sample_from_steady_calls():
     assert timing.number > 100
 
 
+def test_time_call_warms_up_for_its_warm_up_seconds_before_sampling():
+    stamps: list[float] = []
+    timing = time_call(lambda: stamps.append(time.perf_counter()), repeats=1, min_sample=0.0, warm_up_seconds=0.05)
+    first_sampled = stamps[-timing.number]  # the last calls were the one sample
+    assert first_sampled - stamps[0] >= 0.05
+
+
 def test_time_call_stops_at_the_budget_after_the_minimum():
-    timing = time_call(lambda: sum(range(20000)), repeats=1000, min_repeats=3, budget=0.0, min_sample=0.0)
+    timing = time_call(
+        lambda: sum(range(20000)), repeats=1000, min_repeats=3, budget=0.0, min_sample=0.0, warm_up_seconds=0.0
+    )
     assert len(timing.samples) == 3
 
 

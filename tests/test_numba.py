@@ -357,7 +357,7 @@ def test_thread_choice_tries_both_then_takes_the_faster_and_retries_the_other_la
     choice.record(100, True, 100 * 2e-6)
     assert choice.parallel(64)  # the same size class (64..127 rows)
     assert choice.parallel(128) and choice.parallel(32)  # other classes start over: parallel first
-    now[0] += 2 * choice.RETRY_MIN_S  # serial last ran 100 ms ago: re-measured once
+    now[0] += 2 * choice.RETRY_MIN_S  # serial last ran a while ago: re-measured once
     assert not choice.parallel(100)
     for _ in range(4):  # the machine changed: serial is now faster
         choice.record(100, False, 100 * 1e-6)
@@ -388,7 +388,7 @@ def test_thread_choice_follows_slow_parallel_calls_on_a_busy_machine():
     choice.record(200, False, 200 * 2e-6)
     choice.record(200, True, 200 * 1e-6)  # wakes the helpers: not counted
     assert choice.parallel(200)
-    for _ in range(3):  # three in five parallel calls stall for a scheduler time slice
+    for _ in range(2):  # two in three parallel calls stall for a scheduler time slice
         choice.record(200, True, 8e-3)
     assert not choice.parallel(200)
 

@@ -1,7 +1,8 @@
-"""The README's PyTorch example runs as written."""
+"""The README runs and says what was measured: its PyTorch example runs as written, its headline table is generated."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -36,3 +37,14 @@ def test_the_torch_example_runs_as_written(tmp_path: Path, capsys: pytest.Captur
     assert "torch.Size([8, 64])" in printed
     assert "['1']" in printed
     assert (tmp_path / "layer.pt").is_file() and (tmp_path / "swapped.pt").is_file()
+
+
+def test_the_headline_table_is_generated_from_the_results_file_it_names() -> None:
+    from fffcore.benchmarks.headline import headline_table
+
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- headline:start (\S+) -->\n(.*?)\n<!-- headline:end -->", text, re.S)
+    assert found, "README.md has no headline table between <!-- headline:start FILE --> and <!-- headline:end -->"
+    results = README.parent / found.group(1)
+    expected = headline_table(json.loads(results.read_text(encoding="utf-8")))
+    assert found.group(2).strip() == expected, f"regenerate: python -m fffcore.benchmarks.headline {found.group(1)}"

@@ -58,19 +58,19 @@ class ThreadChoice:
 
     Each call's seconds per row are kept for its variant and size class, the last
     :data:`SAMPLES` of them; a call takes the variant with the lower median (a median, so one
-    call that waited on the scheduler does not decide alone, and three in five do). A variant not yet
-    timed is tried first (parallel before serial); and the other variant is tried again once
+    call that waited on the scheduler does not decide alone, and two in three do). A variant not
+    yet timed is tried first (parallel before serial); and the other variant is tried again once
     :data:`RETRY_RATIO` times its expected call time has passed since it last ran (and at least
-    :data:`RETRY_MIN_S`), so it is re-measured at a cost of about 2% of the time at most, and a
-    machine whose load changes is followed within a second or so. A parallel call that is the
+    :data:`RETRY_MIN_S`), so it is re-measured at a cost of about 5% of the time at most, and a
+    machine whose load changes is followed within a fraction of a second. A parallel call that is the
     first of its size class, or right after serial ones, may find numba's helper threads asleep
     or not yet started (they sleep after a fraction of a millisecond without work), so it is not
     counted, and the next call runs parallel too and is.
     """
 
-    SAMPLES = 5
-    RETRY_RATIO = 50.0
-    RETRY_MIN_S = 0.05
+    SAMPLES = 3
+    RETRY_RATIO = 20.0
+    RETRY_MIN_S = 0.02
 
     def __init__(self) -> None:
         self.per_row: dict[tuple[int, bool], float] = {}  # the median of ``samples``
