@@ -403,7 +403,8 @@ def test_medium_batches_run_as_the_choice_says(monkeypatch):
         raise AssertionError("a parallel kernel ran where the choice was serial")
 
     monkeypatch.setattr(kernels, "run_parallel", refuse)
-    np.testing.assert_array_equal(fffcore.fff(x, params, backend="numba"), expected)
-    fffcore.cmm(x, params, backend="numba")
+    for _ in range(2):  # a kernel's first call in a process may compile: the second is timed for the choice
+        np.testing.assert_array_equal(fffcore.fff(x, params, backend="numba"), expected)
+        fffcore.cmm(x, params, backend="numba")
     timed = calls.thread_choice(params).per_row
     assert (MEDIUM_ROWS.bit_length(), False) in timed

@@ -57,25 +57,32 @@ class ThreadChoice:
     """Serial or parallel, per batch size (powers of two), for one layer: the faster lately.
 
     Each call's seconds per row are kept for its variant and size class, the last
-    :data:`SAMPLES` of them; a call takes the variant with the lower median (a median, so one
-    call that waited on the scheduler does not decide alone, and two in three do). A variant not
-    yet timed is tried first (parallel before serial); and the other variant is tried again once
-    :data:`RETRY_RATIO` times its expected call time has passed since it last ran (and at least
-    :data:`RETRY_MIN_S`), so it is re-measured at a cost of about 5% of the time at most, and a
-    machine whose load changes is followed within a fraction of a second. A parallel call that is the
-    first of its size class, or right after serial ones, may find numba's helper threads asleep
-    or not yet started (they sleep after a fraction of a millisecond without work), so it is not
-    counted, and the next call runs parallel too and is.
+    :data:`SAMPLES` of them, and each variant is judged by their mean without the largest (a
+    mean, so that parallel calls that often wait a scheduler time slice on a busy machine count
+    with their waits; without the largest, so that one call held up by something else, a page
+    fault or a pause of the whole machine, does not decide for eight). A variant not yet timed
+    is tried first (parallel before serial); then calls keep the current variant until the
+    other's mean is lower by the margin :data:`SWITCH` (so that noise does not flip it back and
+    forth). The other variant is tried again once :data:`RETRY_RATIO` times its expected call
+    time has passed since it last ran (between :data:`RETRY_MIN_S` and :data:`RETRY_MAX_S`),
+    so it is re-measured at a cost of about 5% of the time at most, and a machine whose load
+    changes is followed within a fraction of a second. A parallel call that is the first of its size class, or right
+    after serial ones, may find numba's helper threads asleep or not yet started (they sleep
+    after a fraction of a millisecond without work), so it is not counted, and the next call
+    runs parallel too and is.
     """
 
-    SAMPLES = 3
+    SAMPLES = 8
+    SWITCH = 0.9
     RETRY_RATIO = 20.0
     RETRY_MIN_S = 0.02
+    RETRY_MAX_S = 0.25
 
     def __init__(self) -> None:
-        self.per_row: dict[tuple[int, bool], float] = {}  # the median of ``samples``
+        self.per_row: dict[tuple[int, bool], float] = {}  # the mean of ``samples`` without the largest
         self.samples: dict[tuple[int, bool], list[float]] = {}
         self.last_run: dict[tuple[int, bool], float] = {}
+        self.current: dict[int, bool] = {}  # size class -> whether calls now run parallel
         self.previous: dict[int, bool] = {}  # size class -> whether its last call ran parallel
         self.again: set[int] = set()  # size classes whose next call runs parallel (after a waking one)
 
@@ -91,12 +98,17 @@ class ThreadChoice:
         on_one = self.per_row.get((size, False))
         if on_one is None:
             return False
-        best = on_all <= on_one
-        other_per_row = on_one if best else on_all
-        since = time.monotonic() - self.last_run.get((size, not best), 0.0)
-        if since >= max(self.RETRY_MIN_S, self.RETRY_RATIO * other_per_row * rows):
-            return not best
-        return best
+        current = self.current.get(size, on_all <= on_one)
+        if current and on_one < self.SWITCH * on_all:
+            current = False
+        elif not current and on_all < self.SWITCH * on_one:
+            current = True
+        self.current[size] = current
+        other_per_row = on_one if current else on_all
+        since = time.monotonic() - self.last_run.get((size, not current), 0.0)
+        if since >= min(self.RETRY_MAX_S, max(self.RETRY_MIN_S, self.RETRY_RATIO * other_per_row * rows)):
+            return not current
+        return current
 
     def record(self, rows: int, parallel: bool, seconds: float) -> None:
         """Note that a call of ``rows`` rows took ``seconds`` serially or on every thread."""
@@ -111,7 +123,8 @@ class ThreadChoice:
         samples = self.samples.setdefault(key, [])
         samples.append(seconds / rows)
         del samples[: -self.SAMPLES]
-        self.per_row[key] = sorted(samples)[len(samples) // 2]
+        kept = sorted(samples)[:-1] if len(samples) >= 3 else samples
+        self.per_row[key] = sum(kept) / len(kept)
 
 
 _choices: weakref.WeakKeyDictionary[FFFParams, ThreadChoice] = weakref.WeakKeyDictionary()
