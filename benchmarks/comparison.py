@@ -69,6 +69,14 @@ class Result:
         return self.traffic.bytes / self.timing.median
 
     @property
+    def achieved_flops(self) -> float | None:
+        """Floating-point operations per second a call's least work takes, at the measured time."""
+        if not self.timed or self.traffic is None:
+            return None
+        assert self.timing is not None
+        return self.traffic.flops / self.timing.median
+
+    @property
     def bandwidth_share(self) -> float | None:
         """The achieved bandwidth over what the machine reads from a working set of the same size."""
         achieved = self.achieved_bandwidth

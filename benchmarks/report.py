@@ -65,6 +65,7 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
         *[f"vs dense {h}" for h in shape.dense_hidden],
         "vs reference",
         "GB/s",
+        "GFLOP/s",
         "of bw",
     ]
     table = []
@@ -99,6 +100,7 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                 *[format_speedup(ratios[f"dense{h}"]) for h in shape.dense_hidden],
                 format_speedup(ratios["reference"]),
                 "-" if result.achieved_bandwidth is None else f"{result.achieved_bandwidth / 1e9:.1f}",
+                "-" if result.achieved_flops is None else f"{result.achieved_flops / 1e9:.1f}",
                 "-" if result.bandwidth_share is None else f"{100 * result.bandwidth_share:.0f}%",
             ]
         )
@@ -124,11 +126,13 @@ def legend(threads: dict[str, str]) -> str:
     pinned = "; ".join(f"{pool}: {count}" for pool, count in threads.items())
     return (
         "time/call: median over the samples; spread: half the interquartile range, relative to the median; "
-        "rows/s and 'vs' speedups per row, within this run; 'vs dense H' is over the faster of numpy and torch "
-        "dense layers of H hidden neurons; check 'ok': the output agrees with the float64 oracle within derived "
-        "rounding bounds, 'n/a': a dense layer (another function); GB/s: the least a call must move (x, y and "
-        "each visited weight row once) over its time; of bw: that over what this machine reads per second from "
-        f"a working set of the same size, measured after the timings.\nthreads: {pinned}"
+        "rows/s and 'vs' speedups per row, within this run; 'vs dense H' is over the fastest of the numpy and "
+        "torch dense layers of H hidden neurons, each at one thread and at all; check 'ok': the output agrees "
+        "with the float64 oracle within derived rounding bounds, 'n/a': a dense layer (another function); "
+        "GB/s: the least a call must move (x, y and each visited weight row once) over its time; GFLOP/s: its "
+        "least floating-point work (two per multiply-add of the dot products and the output sums) over its "
+        "time; of bw: the GB/s over what this machine reads per second from a working set of the same size, "
+        f"measured after the timings.\nthreads: {pinned}"
     )
 
 
@@ -177,9 +181,7 @@ def results_to_json(results: Sequence[Result], machine: dict[str, Any], settings
             entry["roofline"] = {
                 **asdict(result.traffic),
                 "achieved_bytes_per_s": result.achieved_bandwidth,
-                "achieved_flops_per_s": None
-                if result.achieved_bandwidth is None
-                else result.traffic.flops / result.timing.median,  # type: ignore[union-attr]
+                "achieved_flops_per_s": result.achieved_flops,
                 "machine_read_bytes_per_s": None if result.bandwidth is None else result.bandwidth[0],
                 "measured_with": None if result.bandwidth is None else result.bandwidth[1],
                 "probe_bytes": probe_size(result.traffic.bytes),
