@@ -47,6 +47,7 @@ VARIANTS = {
     "float32-relu-unaligned": config("float32", "relu", True, 100, 30, aligned=False),
     "float64-identity-13": config("float64", "identity", False, 13, 7),
     "float16-gelu-768": config("float16", "gelu", True, 768, 768),
+    "bfloat16-silu-768": config("bfloat16", "silu", True, 768, 768),
 }
 
 PTXAS_FUNCTION = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")

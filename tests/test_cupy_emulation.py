@@ -203,36 +203,63 @@ def assert_valid_path(logits: np.ndarray, nodes: np.ndarray) -> None:
     assert mismatch.size == 0, f"nodes do not follow their logits at (row, tree, level-1) {mismatch[:5].tolist()}"
 
 
-def assert_logits_within_band(x: np.ndarray, params: FFFParams, logits: np.ndarray, nodes: np.ndarray) -> None:
+def assert_logits_within_band(
+    x: np.ndarray,
+    params: FFFParams,
+    logits: np.ndarray,
+    nodes: np.ndarray,
+    dtype: str | None = None,
+    accumulation: str | None = None,
+) -> None:
+    """``dtype``: the dtype the kernel stored and rounded in, when ``params`` hold its values in a wider
+    one; ``accumulation``: the dtype it summed in, when wider than ``dtype``."""
     exact = evaluate_path(x, params, nodes)
-    band = tolerances.logit_tolerance(params.dtype, params.d_in, exact.logit_scale)
+    band = tolerances.logit_tolerance(dtype or params.dtype, params.d_in, exact.logit_scale, accumulation=accumulation)
     error = np.abs(logits.astype(np.float64) - exact.logits)
     worst = np.unravel_index(np.argmax(error - band), error.shape)
     assert np.all(error <= band), f"logit error {error[worst]:.3g} > band {band[worst]:.3g} at {worst}"
 
 
-def assert_output_within_band(params: FFFParams, logits: np.ndarray, nodes: np.ndarray, y: np.ndarray) -> None:
-    """y against the float64 tree sum of act(kernel logits) along the kernel's path."""
+def assert_output_within_band(
+    params: FFFParams,
+    logits: np.ndarray,
+    nodes: np.ndarray,
+    y: np.ndarray,
+    dtype: str | None = None,
+    accumulation: str | None = None,
+) -> None:
+    """y against the float64 tree sum of act(kernel logits) along the kernel's path. With a wider
+    ``accumulation``, the activations, products and sum are in it, and y is rounded once to ``dtype``."""
+    dtype = dtype or params.dtype
+    summed_in = accumulation or dtype
     wide = logits.astype(np.float64)
     activated = activate(params.activation, wide)
     tree = np.arange(params.trees)[None, :, None]
     rows_out = np.asarray(params.w_out, dtype=np.float64)[tree, nodes]  # (B, K, L, d_out)
     expected = np.einsum("bkl,bklo->bo", activated, rows_out)
     scale = np.einsum("bkl,bklo->bo", np.abs(activated) + np.abs(wide), np.abs(rows_out))
-    eps = 2 * tolerances.UNIT_ROUNDOFF[params.dtype]  # an ulp of 1
+    eps = 2 * tolerances.UNIT_ROUNDOFF[summed_in]  # an ulp of 1
     terms = params.trees * (params.depth + 1)
-    band = (ACTIVATION_EPS * eps + eps / 2 + gamma(terms, params.dtype)) * scale
+    band = (ACTIVATION_EPS * eps + eps / 2 + gamma(terms, summed_in)) * scale
+    if summed_in != dtype:  # the one rounding of the sum to the stored dtype
+        band = band * (1 + tolerances.UNIT_ROUNDOFF[dtype]) + tolerances.UNIT_ROUNDOFF[dtype] * np.abs(expected)
     error = np.abs(y.astype(np.float64) - expected)
     worst = np.unravel_index(np.argmax(error - band), error.shape)
     assert np.all(error <= band), f"output error {error[worst]:.3g} > band {band[worst]:.3g} at {worst}"
 
 
 def check_against_oracle(
-    x: np.ndarray, params: FFFParams, logits: np.ndarray, nodes: np.ndarray, y: np.ndarray
+    x: np.ndarray,
+    params: FFFParams,
+    logits: np.ndarray,
+    nodes: np.ndarray,
+    y: np.ndarray,
+    dtype: str | None = None,
+    accumulation: str | None = None,
 ) -> None:
     assert_valid_path(logits, nodes)
-    assert_logits_within_band(x, params, logits, nodes)
-    assert_output_within_band(params, logits, nodes, y)
+    assert_logits_within_band(x, params, logits, nodes, dtype, accumulation)
+    assert_output_within_band(params, logits, nodes, y, dtype, accumulation)
 
 
 def rows_for(params: FFFParams, count: int, seed: int) -> np.ndarray:
@@ -402,6 +429,98 @@ def test_float16_conversions_match_numpy(emulators: Emulators) -> None:
     nan = np.isnan(reference)
     np.testing.assert_array_equal(np.isnan(narrowed.view(np.float16)), nan)
     np.testing.assert_array_equal(narrowed[~nan], reference[~nan].view(np.uint16))
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 by torch (nearest, ties to even): their uint16 bits."""
+    torch = pytest.importorskip("torch", reason="torch's bfloat16 rounding is the reference here")
+    rounded = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(torch.bfloat16)
+    return rounded.view(torch.int16).numpy().view(np.uint16)
+
+
+def bfloat16_values(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits as the float32 values they stand for (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def test_bfloat16_conversions_match_torch(emulators: Emulators) -> None:
+    config = kernel_plan.kernel_config(
+        dtype="bfloat16", activation="identity", has_bias=False, d_in=8, d_out=8, in_addresses=(0,), out_addresses=(0,)
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    # Every bfloat16 bit pattern widens exactly: it is the top half of a float32.
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    widened = np.empty(every.size, dtype=np.float32)
+    library.emulate_to_compute(_pointer(every), _pointer(widened), ctypes.c_longlong(every.size))
+    np.testing.assert_array_equal(widened.view(np.uint32), every.astype(np.uint32) << 16)
+    # Narrowing: every bfloat16, the midpoints between neighbours (ties), one float32 ulp either side,
+    # the largest finite values and past them, subnormals, zeros, infinities and NaN.
+    finite = widened[np.isfinite(widened)].astype(np.float64)
+    ordered = np.unique(finite)
+    midpoints = ((ordered[:-1] + ordered[1:]) / 2).astype(np.float32)
+    near = np.concatenate(
+        [midpoints, np.nextafter(midpoints, np.float32(np.inf)), np.nextafter(midpoints, np.float32(-np.inf))]
+    )
+    top = float(np.finfo(np.float32).max)
+    specials = [3.3895313892515355e38, 3.3961775292304e38, top, -top, 1e-40, -1e-45, -0.0, 0.0, np.inf, -np.inf, np.nan]
+    rng = np.random.default_rng(31)
+    scattered = rng.standard_normal(20000) * 10.0 ** rng.integers(-40, 38, 20000)
+    with np.errstate(over="ignore"):
+        floats = np.ascontiguousarray(
+            np.concatenate([finite, near, specials, scattered]).astype(np.float32), dtype=np.float32
+        )
+    narrowed = np.empty(floats.size, dtype=np.uint16)
+    library.emulate_to_storage(_pointer(floats), _pointer(narrowed), ctypes.c_longlong(floats.size))
+    reference = bfloat16_bits(floats)
+    nan = np.isnan(floats)
+    assert np.all(np.isnan(bfloat16_values(narrowed[nan])))
+    np.testing.assert_array_equal(narrowed[~nan], reference[~nan])
+
+
+@pytest.mark.parametrize(
+    ("activation", "bias", "d_in", "d_out", "depth", "trees", "rows"),
+    [
+        pytest.param("gelu", True, 200, 40, 3, 2, 7, id="bf16-gelu-vec8"),
+        pytest.param("relu", False, 30, 6, 2, 1, 4, id="bf16-relu-scalar-loads"),
+    ],
+)
+def test_bfloat16_kernels_match_the_oracle(
+    emulators: Emulators, activation: str, bias: bool, d_in: int, d_out: int, depth: int, trees: int, rows: int
+) -> None:
+    # numpy has no bfloat16: the kernel gets raw 16-bit buffers (as it will from torch through DLPack),
+    # the oracle float32 parameters holding exactly the bfloat16 values.
+    wide = FFFParams.random(d_in, d_out, depth, trees, bias=bias, activation=activation, dtype="float32", seed=d_in)
+    bits = {name: bfloat16_bits(getattr(wide, name)) for name in ("w_in", "w_out") + (("b_in",) if bias else ())}
+    params = FFFParams(
+        bfloat16_values(bits["w_in"]),
+        bfloat16_values(bits["b_in"]) if bias else None,
+        bfloat16_values(bits["w_out"]),
+        activation,
+    )
+    x_bits = bfloat16_bits(np.random.default_rng(rows).standard_normal((rows, d_in)))
+    x = bfloat16_values(x_bits)
+    y_bits = np.full((rows, d_out), 0xFF7F, dtype=np.uint16)  # -max: an unwritten element shows
+    logit_bits = np.full((rows, trees, depth + 1), 0xFF7F, dtype=np.uint16)
+    nodes = poisoned((rows, trees, depth + 1), np.int64)
+    config = kernel_plan.kernel_config(
+        dtype="bfloat16",
+        activation=activation,
+        has_bias=bias,
+        d_in=d_in,
+        d_out=d_out,
+        in_addresses=(x_bits.ctypes.data, bits["w_in"].ctypes.data),
+        out_addresses=(bits["w_out"].ctypes.data, y_bits.ctypes.data),
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    b_in = bits["b_in"] if bias else bits["w_in"]
+    traits = kernel_plan.dtype_traits("bfloat16")
+    for launch in kernel_plan.fff_launches(rows, trees, depth, d_in, d_out, traits.compute_itemsize):
+        emulate_launch(library, launch, [_pointer(a) for a in (x_bits, bits["w_in"], b_in, bits["w_out"], y_bits)])
+    for launch in kernel_plan.cmm_launches(rows, trees, depth, d_in):
+        emulate_launch(library, launch, [_pointer(a) for a in (x_bits, bits["w_in"], b_in, logit_bits, nodes)])
+    logits, y = bfloat16_values(logit_bits), bfloat16_values(y_bits)
+    # Summed in float32, rounded once to bfloat16: the float32 bands plus one bfloat16 rounding.
+    check_against_oracle(x, params, logits, nodes, y, dtype="bfloat16", accumulation="float32")
 
 
 # --- backend level, through a numpy-backed stand-in for cupy ---------------------------------------

@@ -124,16 +124,20 @@ def test_dtypes_dispatch_to_their_storage() -> None:
     assert dtype_traits("float64").storage_code == 2 and dtype_traits("float64").compute_itemsize == 8
     half = dtype_traits("float16")
     assert (half.storage_code, half.itemsize, half.compute_itemsize) == (3, 2, 4)
-    for unsupported in ("bfloat16", "int32"):
+    brain = dtype_traits("bfloat16")
+    assert (brain.storage_code, brain.itemsize, brain.compute_itemsize) == (4, 2, 4)
+    for unsupported in ("int32", "float128"):
         with pytest.raises(
-            TypeError, match=f"params: the cupy kernels compute in float32, float64, float16, got {unsupported}"
+            TypeError,
+            match=f"params: the cupy kernels compute in float32, float64, float16, bfloat16, got {unsupported}",
         ):
             dtype_traits(unsupported)
 
 
-def test_float16_is_built_but_not_declared() -> None:
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_dtypes_are_built_but_not_declared(dtype: str) -> None:
     assert kernel_plan.SUPPORTED_DTYPES == ("float32", "float64")
-    config = config_for("float16")
+    config = config_for(dtype)
     assert (config.vec_in, config.x_chunks) == (8, 3)  # 8 halves per 16 bytes; 3 x 8 floats in registers
 
 
@@ -241,7 +245,12 @@ def test_activation_codes_match_the_source() -> None:
 
 
 def test_storage_codes_match_the_source() -> None:
-    for dtype, scalar in (("float32", "float"), ("float64", "double"), ("float16", "unsigned short")):
+    for dtype, scalar in (
+        ("float32", "float"),
+        ("float64", "double"),
+        ("float16", "unsigned short"),
+        ("bfloat16", "unsigned short"),
+    ):
         code = dtype_traits(dtype).storage_code
         assert re.search(rf"FFF_STORAGE == {code}\ntypedef {scalar} scalar_t;", SOURCE)
 

@@ -213,8 +213,8 @@ extern "C" int emulate_fff_conditional_matmul(unsigned grid, unsigned block, con
     });
 }
 
-#if FFF_STORAGE == 3
-// The float16 conversions of the kernel source, exported so the tests can compare them with numpy's.
+#if FFF_STORAGE == 3 || FFF_STORAGE == 4
+// The 16-bit conversions of the kernel source, exported so the tests can compare them with numpy's and torch's.
 extern "C" void emulate_to_storage(const float* values, scalar_t* out, long long count) {
     for (long long i = 0; i < count; ++i) out[i] = to_storage(values[i]);
 }

@@ -7,7 +7,8 @@
 //
 //   FFF_STORAGE          1 float32, 2 float64 (arithmetic in the same type), 3 float16 (stored as IEEE
 //                        binary16 bits, arithmetic in float32, every logit rounded to float16 before
-//                        its branch; built and emulated, not yet declared by the backend)
+//                        its branch), 4 bfloat16 (stored as the upper 16 bits of a float32, likewise);
+//                        the 16-bit variants are built and emulated, not yet declared by the backend
 //   FFF_ACTIVATION       0 gelu, 1 gelu_tanh, 2 relu, 3 silu, 4 identity (fffcore.spec.ACTIVATIONS order)
 //   FFF_HAS_BIAS         0 or 1: whether b_in is read
 //   FFF_VEC_IN           elements per access of x and w_in rows: 16 bytes' worth, or 1 when unaligned
@@ -27,7 +28,7 @@
 // w_out rows in registers: y is written once per row, in one launch.
 
 #ifndef FFF_STORAGE
-#error "FFF_STORAGE must be defined (1 float32, 2 float64, 3 float16)"
+#error "FFF_STORAGE must be defined (1 float32, 2 float64, 3 float16, 4 bfloat16)"
 #endif
 #ifndef FFF_ACTIVATION
 #error "FFF_ACTIVATION must be defined"
@@ -62,8 +63,11 @@ typedef double compute_t;
 #elif FFF_STORAGE == 3
 typedef unsigned short scalar_t;  // IEEE binary16 bits: NVRTC gets no cuda_fp16.h without include paths
 typedef float compute_t;
+#elif FFF_STORAGE == 4
+typedef unsigned short scalar_t;  // bfloat16 bits: the sign, exponent and top 7 mantissa bits of a float32
+typedef float compute_t;
 #else
-#error "FFF_STORAGE must be 1 (float32), 2 (float64) or 3 (float16)"
+#error "FFF_STORAGE must be 1 (float32), 2 (float64), 3 (float16) or 4 (bfloat16)"
 #endif
 
 #if FFF_STORAGE == 2
@@ -105,6 +109,18 @@ __device__ __forceinline__ scalar_t to_storage(compute_t f) {
     // Subnormal float16 (or zero): count units of 2^-24; the scaling is exact, rintf rounds ties to even.
     const float units = rintf(__uint_as_float(magnitude) * 16777216.0f);
     return static_cast<scalar_t>(sign | static_cast<unsigned int>(units));
+}
+#elif FFF_STORAGE == 4
+__device__ __forceinline__ compute_t to_compute(scalar_t b) {
+    return __uint_as_float(static_cast<unsigned int>(b) << 16);  // exact: bfloat16 is a truncated float32
+}
+
+__device__ __forceinline__ scalar_t to_storage(compute_t f) {
+    const unsigned int bits = __float_as_uint(f);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<scalar_t>((bits >> 16) | 0x0040u);  // quiet NaN
+    // Round to nearest, ties to even, on the 16 bits dropped; a carry into the exponent is the
+    // correct rounding up (to the next binade, or to infinity past the largest finite bfloat16).
+    return static_cast<scalar_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 #else
 __device__ __forceinline__ compute_t to_compute(scalar_t value) { return value; }
@@ -234,7 +250,7 @@ __device__ __forceinline__ compute_t node_logit(const RowInput& input, const sca
 #else
     (void)b_tree;
 #endif
-    // Round to the stored dtype (a no-op but for float16), so that the branch, the
+    // Round to the stored dtype (a no-op but for the 16-bit ones), so that the branch, the
     // activation and the reported logit all see the same value.
     return to_compute(to_storage(logit));
 }

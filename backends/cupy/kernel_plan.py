@@ -82,14 +82,15 @@ class DtypeTraits:
     compute_itemsize: int
 
 
-#: The dtypes the kernel source is built for. float16 is stored in 2 bytes and
-#: computed in float32 (each logit rounded to float16 before its branch); it is
-#: compiled, emulated and benchmarked but not declared by the backend until a
-#: GPU run passes the conformance suite with it (see docs/cupy.md).
+#: The dtypes the kernel source is built for. float16 and bfloat16 are stored in
+#: 2 bytes and computed in float32 (each logit rounded to the 16-bit dtype before
+#: its branch); they are compiled and emulated but not declared by the backend
+#: until a GPU run passes the conformance suite with them (see docs/cupy.md).
 DTYPE_TRAITS: dict[str, DtypeTraits] = {
     "float32": DtypeTraits("float32", 1, 4, 4),
     "float64": DtypeTraits("float64", 2, 8, 8),
     "float16": DtypeTraits("float16", 3, 2, 4),
+    "bfloat16": DtypeTraits("bfloat16", 4, 2, 4),
 }
 KERNEL_DTYPES: tuple[str, ...] = tuple(DTYPE_TRAITS)
 #: The dtypes the backend declares.
