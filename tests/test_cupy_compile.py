@@ -108,11 +108,7 @@ def test_nvcc_compiles_without_warnings(variant: str, tmp_path: Path, capsys: py
     assert "warning" not in log.lower(), log
 
     entries = parse_ptxas(log)
-    expected = {
-        (kernel, arch)
-        for kernel in (kernel_plan.FFF_KERNEL_NAME, kernel_plan.CMM_KERNEL_NAME)
-        for arch in ARCHITECTURES
-    }
+    expected = {(kernel, arch) for kernel in kernel_plan.KERNEL_NAMES for arch in ARCHITECTURES}
     assert {(e["kernel"], e["arch"]) for e in entries} == expected
     with capsys.disabled():
         for entry in entries:

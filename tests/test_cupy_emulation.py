@@ -120,27 +120,32 @@ def _scalars(values: tuple[int, ...], dtypes: tuple[str, ...]) -> list[Any]:
     return [_CTYPES_BY_DTYPE[dtype](value) for dtype, value in zip(dtypes, values, strict=True)]
 
 
+#: Per kernel: its pointer arguments, its scalar dtypes, and whether it takes dynamic shared memory.
+KERNEL_SIGNATURES: dict[str, tuple[int, tuple[str, ...], bool]] = {
+    kernel_plan.FFF_KERNEL_NAME: (5, kernel_plan.FFF_SCALAR_DTYPES, True),
+    kernel_plan.CMM_KERNEL_NAME: (5, kernel_plan.CMM_SCALAR_DTYPES, False),
+    kernel_plan.TOP_WALK_KERNEL_NAME: (6, kernel_plan.TOP_WALK_SCALAR_DTYPES, False),
+    kernel_plan.SORTED_KERNEL_NAME: (8, kernel_plan.SORTED_SCALAR_DTYPES, True),
+}
+
+
 def emulate_launch(library: ctypes.CDLL, launch: kernel_plan.KernelLaunch, pointers: list[Any]) -> None:
     """Run one planned launch; pointers are the kernel's pointer arguments in order."""
     geometry = launch.geometry
     assert geometry.block % 32 == 0 and 0 < geometry.block <= 1024
     assert geometry.shared_bytes <= kernel_plan.SHARED_BYTES_PER_BLOCK
-    if launch.kernel == kernel_plan.FFF_KERNEL_NAME:
-        status = library.emulate_fff_forward(
-            ctypes.c_uint(geometry.grid),
-            ctypes.c_uint(geometry.block),
-            ctypes.c_ulonglong(geometry.shared_bytes),
-            *pointers,
-            *_scalars(launch.scalars, kernel_plan.FFF_SCALAR_DTYPES),
-        )
-    else:
+    pointer_count, scalar_dtypes, takes_shared = KERNEL_SIGNATURES[launch.kernel]
+    assert len(pointers) == pointer_count
+    shared = [ctypes.c_ulonglong(geometry.shared_bytes)] if takes_shared else []
+    if not takes_shared:
         assert geometry.shared_bytes == 0
-        status = library.emulate_fff_conditional_matmul(
-            ctypes.c_uint(geometry.grid),
-            ctypes.c_uint(geometry.block),
-            *pointers,
-            *_scalars(launch.scalars, kernel_plan.CMM_SCALAR_DTYPES),
-        )
+    status = getattr(library, f"emulate_{launch.kernel}")(
+        ctypes.c_uint(geometry.grid),
+        ctypes.c_uint(geometry.block),
+        *shared,
+        *pointers,
+        *_scalars(launch.scalars, scalar_dtypes),
+    )
     assert status == 0, "a warp's shuffles or __syncwarp did not line up (the launch would be undefined on a GPU)"
 
 
@@ -298,6 +303,86 @@ def test_kernels_match_the_oracle(
     x = rows_for(params, rows, seed=rows)
     logits, nodes, y, _, _ = run_kernels(emulators, x, params)
     check_against_oracle(x, params, logits, nodes, y)
+
+
+def run_grouped(emulators: Emulators, x: np.ndarray, params: FFFParams, **plan_options: Any) -> np.ndarray:
+    """y of the emulated row-grouped kernels: per tree group the top walk, a stable sort of the
+    rows by key (as the runtime sorts them on the device), then the sorted launch."""
+    traits = kernel_plan.dtype_traits(params.dtype)
+    compute = np.float64 if traits.compute_itemsize == 8 else np.float32
+    rows = x.shape[0]
+    y = poisoned((rows, params.d_out), params.dtype)
+    config = kernel_plan.kernel_config(
+        dtype=params.dtype,
+        activation=params.activation,
+        has_bias=params.has_bias,
+        d_in=params.d_in,
+        d_out=params.d_out,
+        in_addresses=(x.ctypes.data, params.w_in.ctypes.data),
+        out_addresses=(params.w_out.ctypes.data, y.ctypes.data),
+        warps_per_block=plan_options.get("warps_per_block", kernel_plan.WARPS_PER_BLOCK),
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    b_in = params.w_in if params.b_in is None else params.b_in
+    steps = kernel_plan.grouped_fff_launches(
+        rows, params.trees, params.depth, params.d_in, params.d_out, traits.compute_itemsize, **plan_options
+    )
+    for step in steps:
+        top_acts = poisoned((rows, step.tree_count, step.top_levels), compute)
+        top_path = np.full((rows, step.tree_count, step.top_levels + 1), -7, dtype=np.int32)
+        keys = np.full(rows, -7, dtype=np.int32)
+        emulate_launch(library, step.top_walk, [_pointer(a) for a in (x, params.w_in, b_in, top_acts, top_path, keys)])
+        assert np.all((keys >= 2**step.top_levels - 1) & (keys < 2 ** (step.top_levels + 1) - 1))
+        order = np.argsort(keys, kind="stable").astype(np.int64)
+        arrays = (x, params.w_in, b_in, params.w_out, y, order, top_acts, top_path)
+        emulate_launch(library, step.sorted, [_pointer(a) for a in arrays])
+    return y
+
+
+@pytest.mark.parametrize(
+    ("dtype", "activation", "bias", "d_in", "d_out", "depth", "trees", "rows", "plan"),
+    [
+        pytest.param("float32", "gelu", True, 96, 64, 4, 1, 300, {}, id="f32-one-tree-top-2-levels"),
+        pytest.param("float64", "silu", False, 40, 24, 3, 3, 70, {}, id="f64-three-trees-nobias"),
+        pytest.param("float32", "relu", True, 5, 3, 2, 4, 9, {"shared_limit": 600}, id="f32-tree-groups-scalar"),
+        pytest.param("float16", "gelu_tanh", True, 64, 16, 5, 1, 600, {}, id="f16-top-3-levels"),
+        pytest.param("float32", "identity", True, 2100, 8, 1, 2, 5, {"warps_per_block": 2}, id="f32-x-streamed"),
+    ],
+)
+def test_row_grouped_kernels_give_the_bits_of_the_warp_per_row_kernel(
+    emulators: Emulators,
+    dtype: str,
+    activation: str,
+    bias: bool,
+    d_in: int,
+    d_out: int,
+    depth: int,
+    trees: int,
+    rows: int,
+    plan: dict[str, int],
+) -> None:
+    # Each row's arithmetic is the same in both (the same dot products, activations and output
+    # sum in the same order); only the order in which warps take the rows differs.
+    params = FFFParams.random(d_in, d_out, depth, trees, bias=bias, activation=activation, dtype=dtype, seed=rows)
+    x = rows_for(params, rows, seed=d_in)
+    logits, nodes, y, _, _ = run_kernels(emulators, x, params, **plan)
+    grouped = run_grouped(emulators, x, params, **plan)
+    np.testing.assert_array_equal(grouped.view(np.uint8), y.view(np.uint8))
+    check_against_oracle(x, params, logits, nodes, grouped)
+
+
+def test_row_grouped_plan_walks_about_log2_rows_over_64_levels_first() -> None:
+    assert [kernel_plan.grouped_top_levels(rows, 11) for rows in (1, 64, 128, 4096, 16384, 2**20)] == [
+        1,
+        1,
+        1,
+        6,
+        8,
+        11,
+    ]
+    assert kernel_plan.grouped_top_levels(16384, 3) == 3
+    with pytest.raises(ValueError, match=r"params\.depth: the row-grouped kernels need depth >= 1, got 0"):
+        kernel_plan.grouped_fff_launches(10, 1, 0, 8, 8, 4)
 
 
 def test_the_variants_cover_registers_streaming_and_both_vector_widths(emulators: Emulators) -> None:
@@ -567,13 +652,10 @@ class FakeKernel:
     def __call__(
         self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...], shared_mem: int = 0
     ) -> None:
-        pointer_count = 5
+        pointer_count, dtypes, _ = KERNEL_SIGNATURES[self.name]
         pointers, scalars = args[:pointer_count], args[pointer_count:]
         assert all(isinstance(a, FakeDeviceArray) for a in pointers), "every pointer argument must be a device array"
         assert all(a.flags.c_contiguous for a in pointers)
-        dtypes = (
-            kernel_plan.FFF_SCALAR_DTYPES if self.name == kernel_plan.FFF_KERNEL_NAME else kernel_plan.CMM_SCALAR_DTYPES
-        )
         assert [np.asarray(s).dtype.name for s in scalars] == list(dtypes), "scalar arguments at the wrong widths"
         assert all(isinstance(s, np.generic) for s in scalars)
         launch = kernel_plan.KernelLaunch(
@@ -592,7 +674,7 @@ class FakeModule:
         self.options = tuple(options)
 
     def get_function(self, name: str) -> FakeKernel:
-        assert name in (kernel_plan.FFF_KERNEL_NAME, kernel_plan.CMM_KERNEL_NAME)
+        assert name in kernel_plan.KERNEL_NAMES
         return FakeKernel(self.fake, self.options, name)
 
 
@@ -619,6 +701,9 @@ class FakeCupy(types.ModuleType):
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> FakeDeviceArray:
         return poisoned(shape, dtype).view(FakeDeviceArray)
+
+    def argsort(self, a: Any) -> FakeDeviceArray:
+        return np.argsort(np.asarray(a), kind="stable").view(FakeDeviceArray)
 
 
 @pytest.fixture
@@ -703,6 +788,34 @@ def test_the_block_size_knob_reaches_the_launch(fake_cupy: FakeCupy) -> None:
     assert (launch.geometry.grid, launch.geometry.block) == (3, 128)
     logits, nodes = ReferenceBackend().cmm(x, params)
     check_against_oracle(x, params, logits, nodes, y)
+
+
+def test_the_row_grouped_variant_runs_through_the_runtime_with_the_same_bits(fake_cupy: FakeCupy) -> None:
+    from fffcore.backends.cupy import runtime
+
+    params = FFFParams.random(48, 16, 4, 2, activation="silu", dtype="float32", seed=41)
+    x = rows_for(params, 150, seed=42)
+    kernels, weights = runtime.KernelCache(), runtime.WeightCache()
+    expected = runtime.run_fff(x, params, kernels, weights, variant="warp_per_row")
+    assert [launch.kernel for launch in fake_cupy.launches] == [kernel_plan.FFF_KERNEL_NAME]
+    fake_cupy.launches.clear()
+    grouped = runtime.run_fff(x, params, kernels, weights, variant="row_grouped")
+    assert [launch.kernel for launch in fake_cupy.launches] == [
+        kernel_plan.TOP_WALK_KERNEL_NAME,
+        kernel_plan.SORTED_KERNEL_NAME,
+    ]
+    assert fake_cupy.modules_built == 1  # every kernel of a variant comes from one compiled module
+    np.testing.assert_array_equal(grouped, expected)
+
+
+def test_the_backend_takes_the_warp_per_row_variant_until_a_crossover_is_measured() -> None:
+    from fffcore.backends.cupy import runtime
+
+    assert runtime.GROUPED_MIN_ROWS is None  # no GPU run has measured where grouping starts to pay
+    assert runtime.choose_variant(2**20, 11, None) == "warp_per_row"
+    assert runtime.choose_variant(5, 11, "row_grouped") == "row_grouped"
+    with pytest.raises(ValueError, match=r"variant: expected one of \('warp_per_row', 'row_grouped'\)"):
+        runtime.choose_variant(5, 11, "grouped")
 
 
 def test_float16_runs_through_the_runtime_without_being_declared(fake_cupy: FakeCupy) -> None:

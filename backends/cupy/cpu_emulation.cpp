@@ -213,6 +213,27 @@ extern "C" int emulate_fff_conditional_matmul(unsigned grid, unsigned block, con
     });
 }
 
+extern "C" int emulate_fff_top_walk(unsigned grid, unsigned block, const scalar_t* x, const scalar_t* w_in,
+                                    const scalar_t* b_in, compute_t* top_acts, int* top_path, int* keys,
+                                    long long rows, int depth, int d_in, int tree_begin, int tree_count,
+                                    int top_levels) {
+    return fff_emulation::launch(grid, block, 0, [=] {
+        fff_top_walk(x, w_in, b_in, top_acts, top_path, keys, rows, depth, d_in, tree_begin, tree_count, top_levels);
+    });
+}
+
+extern "C" int emulate_fff_forward_sorted(unsigned grid, unsigned block, unsigned long long shared_bytes,
+                                          const scalar_t* x, const scalar_t* w_in, const scalar_t* b_in,
+                                          const scalar_t* w_out, scalar_t* y, const long long* order,
+                                          const compute_t* top_acts, const int* top_path, long long rows, int depth,
+                                          int d_in, int d_out, int tree_begin, int tree_count, int accumulate,
+                                          int top_levels) {
+    return fff_emulation::launch(grid, block, shared_bytes, [=] {
+        fff_forward_sorted(x, w_in, b_in, w_out, y, order, top_acts, top_path, rows, depth, d_in, d_out, tree_begin,
+                           tree_count, accumulate, top_levels);
+    });
+}
+
 #if FFF_STORAGE == 3 || FFF_STORAGE == 4
 // The 16-bit conversions of the kernel source, exported so the tests can compare them with numpy's and torch's.
 extern "C" void emulate_to_storage(const float* values, scalar_t* out, long long count) {

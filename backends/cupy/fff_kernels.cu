@@ -260,8 +260,79 @@ __device__ __forceinline__ int child(int node, compute_t logit) {
     return 2 * node + 1 + (logit > compute_t(0) ? 1 : 0);
 }
 
+// One row of the fused FFF: walk levels [first_level, levels) of each tree of the group, recording
+// each level's activated logit and node in this warp's shared `acts` and `path` (lane 0 writes; all
+// lanes hold the same logits), then sweep the output row once, summing the visited w_out rows in
+// registers: y is written once per row. first_level > 0 resumes walks a top-levels kernel began:
+// `top_acts` (tree_count * first_level) and `top_path` (tree_count * (first_level + 1), the last
+// entry of each tree being the node where the walk resumes) hold this row's part of its scratch.
+__device__ __forceinline__ void forward_row(const RowInput& input, const scalar_t* __restrict__ w_in,
+                                            const scalar_t* __restrict__ b_in, const scalar_t* __restrict__ w_out,
+                                            scalar_t* __restrict__ y_row, int depth, int d_in, int d_out,
+                                            int tree_begin, int tree_count, int accumulate, int first_level,
+                                            const compute_t* __restrict__ top_acts, const int* __restrict__ top_path,
+                                            compute_t* acts, int* path, int lane) {
+    const int levels = depth + 1;
+    const long long nodes_per_tree = (2LL << depth) - 1;
+    for (int t = 0; t < tree_count; ++t) {
+        const long long tree = tree_begin + t;
+        const scalar_t* w_tree = w_in + tree * nodes_per_tree * d_in;
+        const scalar_t* b_tree = FFF_HAS_BIAS ? b_in + tree * nodes_per_tree : b_in;
+        int node = 0;
+        if (first_level > 0) {
+            if (lane == 0) {
+                for (int level = 0; level < first_level; ++level) {
+                    acts[t * levels + level] = top_acts[t * first_level + level];
+                    path[t * levels + level] = top_path[t * (first_level + 1) + level];
+                }
+            }
+            node = top_path[t * (first_level + 1) + first_level];
+        }
+        for (int level = first_level; level < levels; ++level) {
+            const compute_t logit = node_logit(input, w_tree, b_tree, node, d_in, lane);
+            if (lane == 0) {
+                acts[t * levels + level] = fff_activate(logit);
+                path[t * levels + level] = node;
+            }
+            node = child(node, logit);
+        }
+    }
+    __syncwarp();
+
+    // Sweep the output row: each lane owns VEC_OUT consecutive elements per chunk,
+    // sums the visited w_out rows in registers, and stores once.
+    for (int index = lane * FFF_VEC_OUT; index < d_out; index += FFF_WARP * FFF_VEC_OUT) {
+        compute_t sum[FFF_VEC_OUT];
+#pragma unroll
+        for (int v = 0; v < FFF_VEC_OUT; ++v) sum[v] = 0;
+        for (int t = 0; t < tree_count; ++t) {
+            const scalar_t* w_tree = w_out + (tree_begin + static_cast<long long>(t)) * nodes_per_tree * d_out;
+#pragma unroll 4
+            for (int level = 0; level < levels; ++level) {
+                const compute_t act = acts[t * levels + level];
+                const Vec<FFF_VEC_OUT> w =
+                    load_vec<FFF_VEC_OUT>(w_tree, static_cast<long long>(path[t * levels + level]) * d_out + index);
+#pragma unroll
+                for (int v = 0; v < FFF_VEC_OUT; ++v) sum[v] += act * to_compute(w.v[v]);
+            }
+        }
+        Vec<FFF_VEC_OUT> out;
+        if (accumulate) {
+            out = load_vec<FFF_VEC_OUT>(y_row, index);
+#pragma unroll
+            for (int v = 0; v < FFF_VEC_OUT; ++v) out.v[v] = to_storage(to_compute(out.v[v]) + sum[v]);
+        } else {
+#pragma unroll
+            for (int v = 0; v < FFF_VEC_OUT; ++v) out.v[v] = to_storage(sum[v]);
+        }
+        store_vec<FFF_VEC_OUT>(y_row, index, out);
+    }
+    // The warp's next row overwrites acts and path.
+    __syncwarp();
+}
+
 // Fused FFF: y[row] (=, or += when accumulate) sum over trees [tree_begin, tree_begin + tree_count)
-// and levels of act(logit) * w_out[tree, node].
+// and levels of act(logit) * w_out[tree, node], one warp per row, rows in order.
 //
 // Dynamic shared memory: acts (warps * tree_count * levels compute_t) followed by
 // nodes (warps * tree_count * levels int), as kernel_plan.shared_bytes_for() sizes it.
@@ -273,9 +344,7 @@ fff_forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in, c
     const int lane = static_cast<int>(threadIdx.x) % FFF_WARP;
     const int warp = static_cast<int>(threadIdx.x) / FFF_WARP;
     const int warps = static_cast<int>(blockDim.x) / FFF_WARP;
-    const int levels = depth + 1;
-    const long long nodes_per_tree = (2LL << depth) - 1;
-    const int entries = tree_count * levels;
+    const int entries = tree_count * (depth + 1);
     compute_t* acts = reinterpret_cast<compute_t*>(fff_shared) + static_cast<long long>(warp) * entries;
     int* path = reinterpret_cast<int*>(fff_shared + sizeof(compute_t) * static_cast<long long>(warps) * entries) +
                 static_cast<long long>(warp) * entries;
@@ -284,55 +353,82 @@ fff_forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in, c
          row += static_cast<long long>(gridDim.x) * warps) {
         RowInput input;
         input.load(x + row * d_in, d_in, lane);
+        forward_row(input, w_in, b_in, w_out, y + row * d_out, depth, d_in, d_out, tree_begin, tree_count, accumulate,
+                    0, nullptr, nullptr, acts, path, lane);
+    }
+}
 
-        // Walk every tree; lane 0 records the path (all lanes hold the same logits).
+// The row-grouped variant for large batches, in two launches per tree group with a sort between
+// them (kernel_plan.grouped_fff_launches; the host sorts):
+//
+// 1. fff_top_walk walks every row, in order, through the top `top_levels` levels of each tree,
+//    whose few weight rows every row shares, and writes its activated logits and nodes there,
+//    the node where its walk resumes, and the first tree's resume node as its sort key.
+// 2. The host orders the rows by key (rows in one subtree become neighbours).
+// 3. fff_forward_sorted takes the rows in that order, resumes each walk, and sums the output.
+//    Neighbouring warps now walk the same subtrees, so each deep w_in and w_out row is fetched
+//    from memory about once per group of rows that visit it, then served by the caches.
+//
+// Scratch, per row and tree: top_acts (top_levels compute_t), top_path (top_levels + 1 int).
+extern "C" __global__ void __launch_bounds__(FFF_WARPS_PER_BLOCK * FFF_WARP)
+fff_top_walk(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in, const scalar_t* __restrict__ b_in,
+             compute_t* __restrict__ top_acts, int* __restrict__ top_path, int* __restrict__ keys, long long rows,
+             int depth, int d_in, int tree_begin, int tree_count, int top_levels) {
+    const int lane = static_cast<int>(threadIdx.x) % FFF_WARP;
+    const int warp = static_cast<int>(threadIdx.x) / FFF_WARP;
+    const int warps = static_cast<int>(blockDim.x) / FFF_WARP;
+    const long long nodes_per_tree = (2LL << depth) - 1;
+
+    for (long long row = static_cast<long long>(blockIdx.x) * warps + warp; row < rows;
+         row += static_cast<long long>(gridDim.x) * warps) {
+        RowInput input;
+        input.load(x + row * d_in, d_in, lane);
+        compute_t* acts = top_acts + row * tree_count * top_levels;
+        int* path = top_path + row * tree_count * (top_levels + 1);
         for (int t = 0; t < tree_count; ++t) {
             const long long tree = tree_begin + t;
             const scalar_t* w_tree = w_in + tree * nodes_per_tree * d_in;
             const scalar_t* b_tree = FFF_HAS_BIAS ? b_in + tree * nodes_per_tree : b_in;
             int node = 0;
-            for (int level = 0; level < levels; ++level) {
+            for (int level = 0; level < top_levels; ++level) {
                 const compute_t logit = node_logit(input, w_tree, b_tree, node, d_in, lane);
                 if (lane == 0) {
-                    acts[t * levels + level] = fff_activate(logit);
-                    path[t * levels + level] = node;
+                    acts[t * top_levels + level] = fff_activate(logit);
+                    path[t * (top_levels + 1) + level] = node;
                 }
                 node = child(node, logit);
             }
+            if (lane == 0) {
+                path[t * (top_levels + 1) + top_levels] = node;
+                if (t == 0) keys[row] = node;
+            }
         }
-        __syncwarp();
+    }
+}
 
-        // Sweep the output row: each lane owns VEC_OUT consecutive elements per chunk,
-        // sums the visited w_out rows in registers, and stores once.
-        scalar_t* y_row = y + row * d_out;
-        for (int index = lane * FFF_VEC_OUT; index < d_out; index += FFF_WARP * FFF_VEC_OUT) {
-            compute_t sum[FFF_VEC_OUT];
-#pragma unroll
-            for (int v = 0; v < FFF_VEC_OUT; ++v) sum[v] = 0;
-            for (int t = 0; t < tree_count; ++t) {
-                const scalar_t* w_tree = w_out + (tree_begin + static_cast<long long>(t)) * nodes_per_tree * d_out;
-#pragma unroll 4
-                for (int level = 0; level < levels; ++level) {
-                    const compute_t act = acts[t * levels + level];
-                    const Vec<FFF_VEC_OUT> w =
-                        load_vec<FFF_VEC_OUT>(w_tree, static_cast<long long>(path[t * levels + level]) * d_out + index);
-#pragma unroll
-                    for (int v = 0; v < FFF_VEC_OUT; ++v) sum[v] += act * to_compute(w.v[v]);
-                }
-            }
-            Vec<FFF_VEC_OUT> out;
-            if (accumulate) {
-                out = load_vec<FFF_VEC_OUT>(y_row, index);
-#pragma unroll
-                for (int v = 0; v < FFF_VEC_OUT; ++v) out.v[v] = to_storage(to_compute(out.v[v]) + sum[v]);
-            } else {
-#pragma unroll
-                for (int v = 0; v < FFF_VEC_OUT; ++v) out.v[v] = to_storage(sum[v]);
-            }
-            store_vec<FFF_VEC_OUT>(y_row, index, out);
-        }
-        // The next row of this warp overwrites acts and path.
-        __syncwarp();
+extern "C" __global__ void __launch_bounds__(FFF_WARPS_PER_BLOCK * FFF_WARP)
+fff_forward_sorted(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in,
+                   const scalar_t* __restrict__ b_in, const scalar_t* __restrict__ w_out, scalar_t* __restrict__ y,
+                   const long long* __restrict__ order, const compute_t* __restrict__ top_acts,
+                   const int* __restrict__ top_path, long long rows, int depth, int d_in, int d_out, int tree_begin,
+                   int tree_count, int accumulate, int top_levels) {
+    FFF_DECLARE_SHARED(fff_shared);
+    const int lane = static_cast<int>(threadIdx.x) % FFF_WARP;
+    const int warp = static_cast<int>(threadIdx.x) / FFF_WARP;
+    const int warps = static_cast<int>(blockDim.x) / FFF_WARP;
+    const int entries = tree_count * (depth + 1);
+    compute_t* acts = reinterpret_cast<compute_t*>(fff_shared) + static_cast<long long>(warp) * entries;
+    int* path = reinterpret_cast<int*>(fff_shared + sizeof(compute_t) * static_cast<long long>(warps) * entries) +
+                static_cast<long long>(warp) * entries;
+
+    for (long long i = static_cast<long long>(blockIdx.x) * warps + warp; i < rows;
+         i += static_cast<long long>(gridDim.x) * warps) {
+        const long long row = order[i];
+        RowInput input;
+        input.load(x + row * d_in, d_in, lane);
+        forward_row(input, w_in, b_in, w_out, y + row * d_out, depth, d_in, d_out, tree_begin, tree_count, accumulate,
+                    top_levels, top_acts + row * tree_count * top_levels,
+                    top_path + row * tree_count * (top_levels + 1), acts, path, lane);
     }
 }
 

@@ -30,6 +30,14 @@ KERNEL_SOURCE_FILE = "fff_kernels.cu"
 #: Kernel entry points (``extern "C"``, so their names are not mangled).
 FFF_KERNEL_NAME = "fff_forward"
 CMM_KERNEL_NAME = "fff_conditional_matmul"
+#: The row-grouped variant's two kernels: the top levels of every row, then the rest in sorted order.
+TOP_WALK_KERNEL_NAME = "fff_top_walk"
+SORTED_KERNEL_NAME = "fff_forward_sorted"
+#: Every kernel of the source.
+KERNEL_NAMES = (FFF_KERNEL_NAME, CMM_KERNEL_NAME, TOP_WALK_KERNEL_NAME, SORTED_KERNEL_NAME)
+#: Rows per subtree the row-grouped variant aims at when it chooses how many top levels to walk
+#: before sorting (about two blocks of warps, so neighbouring warps share their deep nodes).
+GROUPED_ROWS_PER_SUBTREE = 64
 
 THREADS_PER_WARP = 32
 #: One load or store instruction moves this many bytes per lane when the data allows it.
@@ -447,6 +455,86 @@ def cmm_launches(
     if geometry is None:
         return ()
     return (KernelLaunch(CMM_KERNEL_NAME, geometry, (rows, trees, depth, d_in)),)
+
+
+#: numpy dtypes of the scalar arguments of the row-grouped kernels, after their pointer arguments.
+TOP_WALK_SCALAR_DTYPES: tuple[str, ...] = ("int64", "int32", "int32", "int32", "int32", "int32")
+SORTED_SCALAR_DTYPES: tuple[str, ...] = ("int64", "int32", "int32", "int32", "int32", "int32", "int32", "int32")
+
+
+@dataclass(frozen=True)
+class GroupedStep:
+    """One tree group of the row-grouped ``fff``: the top-levels launch, a sort, the sorted launch.
+
+    Pointer arguments, the caller's: ``top_walk`` takes ``x, w_in, b_in, top_acts, top_path,
+    keys`` then ``rows, depth, d_in, tree_begin, tree_count, top_levels``; ``sorted`` takes
+    ``x, w_in, b_in, w_out, y, order, top_acts, top_path`` then ``rows, depth, d_in, d_out,
+    tree_begin, tree_count, accumulate, top_levels``. Between them the caller sets ``order``
+    (int64 row indices) to the rows sorted by ``keys``. Scratch per row: ``top_acts`` holds
+    ``tree_count * top_levels`` compute elements, ``top_path`` ``tree_count * (top_levels + 1)``
+    int32, ``keys`` one int32.
+    """
+
+    top_walk: KernelLaunch
+    sorted: KernelLaunch
+    top_levels: int
+    tree_count: int
+
+
+def grouped_top_levels(rows: int, depth: int) -> int:
+    """Levels walked before the sort: about log2(rows / GROUPED_ROWS_PER_SUBTREE), from 1 to ``depth``."""
+    wanted = max(1, (max(rows, 1) // GROUPED_ROWS_PER_SUBTREE).bit_length() - 1)
+    return max(1, min(depth, wanted))
+
+
+@functools.lru_cache(maxsize=1024)
+def grouped_fff_launches(
+    rows: int,
+    trees: int,
+    depth: int,
+    d_in: int,
+    d_out: int,
+    compute_itemsize: int,
+    *,
+    warps_per_block: int = WARPS_PER_BLOCK,
+    shared_limit: int = SHARED_BYTES_PER_BLOCK,
+    max_blocks: int = MAX_BLOCKS,
+) -> tuple[GroupedStep, ...]:
+    """The row-grouped ``fff`` of one call, one step per tree group; empty when ``rows`` is 0.
+
+    Needs depth >= 1 (with one level there is nothing to walk after the sort): ValueError otherwise.
+    The groups, geometry and shared memory of the sorted launch are those of :func:`fff_launches`.
+    """
+    if depth < 1:
+        raise ValueError(f"params.depth: the row-grouped kernels need depth >= 1, got {depth}")
+    plan = plan_fff_launches(
+        rows,
+        trees,
+        depth,
+        compute_itemsize,
+        warps_per_block=warps_per_block,
+        shared_limit=shared_limit,
+        max_blocks=max_blocks,
+    )
+    top_levels = grouped_top_levels(rows, depth)
+    top_geometry = LaunchGeometry(plan.geometry.grid, plan.geometry.block, 0)
+    return tuple(
+        GroupedStep(
+            KernelLaunch(
+                TOP_WALK_KERNEL_NAME,
+                top_geometry,
+                (rows, depth, d_in, group.tree_begin, group.tree_count, top_levels),
+            ),
+            KernelLaunch(
+                SORTED_KERNEL_NAME,
+                plan.geometry,
+                (rows, depth, d_in, d_out, group.tree_begin, group.tree_count, int(group.accumulate), top_levels),
+            ),
+            top_levels,
+            group.tree_count,
+        )
+        for group in plan.groups
+    )
 
 
 def flops_and_bytes(rows: int, trees: int, depth: int, d_in: int, d_out: int, itemsize: int) -> tuple[int, int]:

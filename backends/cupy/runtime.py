@@ -20,13 +20,17 @@ from fffcore.arrays import array_type
 from fffcore.backends.cupy.kernel_plan import (
     CMM_SCALAR_DTYPES,
     FFF_SCALAR_DTYPES,
+    SORTED_SCALAR_DTYPES,
+    TOP_WALK_SCALAR_DTYPES,
     WARPS_PER_BLOCK,
+    GroupedStep,
     KernelConfig,
     KernelLaunch,
     cmm_launches,
     compile_options,
     dtype_traits,
     fff_launches,
+    grouped_fff_launches,
     kernel_config,
     kernel_source,
 )
@@ -167,6 +171,25 @@ def _launch(kernel: Any, launch: KernelLaunch, arrays: tuple[Any, ...], dtypes: 
     )
 
 
+#: The kernel variants of ``fff``: one warp per row in row order, or the row-grouped pair (top
+#: levels, a sort by subtree, the rest in sorted order; see fff_kernels.cu).
+FFF_VARIANTS = ("warp_per_row", "row_grouped")
+#: From this many rows the backend would take the row-grouped variant. None until a GPU run of
+#: benchmarks/gpu_bench.py has measured where it starts to pay; until then it is run only on request.
+GROUPED_MIN_ROWS: int | None = None
+
+
+def choose_variant(rows: int, depth: int, variant: str | None) -> str:
+    """The ``fff`` variant for a call: ``variant`` when given, else by :data:`GROUPED_MIN_ROWS`."""
+    if variant is not None:
+        if variant not in FFF_VARIANTS:
+            raise ValueError(f"variant: expected one of {FFF_VARIANTS} or None, got {variant!r}")
+        return variant
+    if GROUPED_MIN_ROWS is not None and rows >= GROUPED_MIN_ROWS and depth >= 1:
+        return "row_grouped"
+    return "warp_per_row"
+
+
 def run_fff(
     x: Any,
     params: FFFParams,
@@ -174,11 +197,13 @@ def run_fff(
     weights: WeightCache,
     *,
     warps_per_block: int = WARPS_PER_BLOCK,
+    variant: str | None = None,
 ) -> Any:
     """The fused FFF layer: (B, d_in) -> (B, d_out) in ``params.dtype``, in ``x``'s array type.
 
-    ``warps_per_block`` is a tuning knob for benchmarks (a power of two from 1
-    to 32); the backend always uses the default.
+    ``warps_per_block`` (a power of two from 1 to 32) and ``variant`` (one of
+    :data:`FFF_VARIANTS`; None: :func:`choose_variant`) are knobs for benchmarks
+    and tests; the backend always uses the defaults.
     """
     import cupy
 
@@ -188,16 +213,9 @@ def run_fff(
         layer = weights.weights(cupy, params, prepared.device_id)
         rows = prepared.rows
         y = cupy.empty((rows.shape[0], params.d_out), dtype=params.dtype)
-        launches = fff_launches(
-            int(rows.shape[0]),
-            params.trees,
-            params.depth,
-            params.d_in,
-            params.d_out,
-            traits.compute_itemsize,
-            warps_per_block=warps_per_block,
-        )
-        if launches:
+        count = int(rows.shape[0])
+        chosen = choose_variant(count, params.depth, variant)
+        if count:
             config = kernel_config(
                 dtype=params.dtype,
                 activation=params.activation,
@@ -208,13 +226,45 @@ def run_fff(
                 out_addresses=(_pointer(layer.w_out), _pointer(y)),
                 warps_per_block=warps_per_block,
             )
-            kernel = kernels.function(cupy, prepared.device_id, config, launches[0].kernel)
             # Without a bias, w_in stands in for b_in: that variant never reads it.
             b_in = layer.w_in if layer.b_in is None else layer.b_in
-            arrays = (rows, layer.w_in, b_in, layer.w_out, y)
-            for launch in launches:
-                _launch(kernel, launch, arrays, FFF_SCALAR_DTYPES)
+            sizes = (count, params.trees, params.depth, params.d_in, params.d_out, traits.compute_itemsize)
+            if chosen == "warp_per_row":
+                launches = fff_launches(*sizes, warps_per_block=warps_per_block)
+                kernel = kernels.function(cupy, prepared.device_id, config, launches[0].kernel)
+                for launch in launches:
+                    _launch(kernel, launch, (rows, layer.w_in, b_in, layer.w_out, y), FFF_SCALAR_DTYPES)
+            else:
+                steps = grouped_fff_launches(*sizes, warps_per_block=warps_per_block)
+                arrays = (rows, layer.w_in, b_in, layer.w_out, y)
+                _run_grouped(cupy, kernels, prepared.device_id, config, steps, traits.compute_itemsize, arrays)
     return y.get() if prepared.return_numpy else y
+
+
+def _run_grouped(
+    cupy: Any,
+    kernels: KernelCache,
+    device_id: int,
+    config: KernelConfig,
+    steps: tuple[GroupedStep, ...],
+    compute_itemsize: int,
+    arrays: tuple[Any, ...],
+) -> None:
+    """The row-grouped ``fff`` on ``arrays`` = (x rows, w_in, b_in, w_out, y): per tree group, the
+    top walk, the rows sorted by subtree on the device, the sorted walk."""
+    rows, w_in, b_in, w_out, y = arrays
+    count = int(rows.shape[0])
+    compute = np.float64 if compute_itemsize == 8 else np.float32
+    top_walk = kernels.function(cupy, device_id, config, steps[0].top_walk.kernel)
+    sorted_walk = kernels.function(cupy, device_id, config, steps[0].sorted.kernel)
+    for step in steps:
+        top_acts = cupy.empty((count, step.tree_count, step.top_levels), dtype=compute)
+        top_path = cupy.empty((count, step.tree_count, step.top_levels + 1), dtype=np.int32)
+        keys = cupy.empty((count,), dtype=np.int32)
+        _launch(top_walk, step.top_walk, (rows, w_in, b_in, top_acts, top_path, keys), TOP_WALK_SCALAR_DTYPES)
+        order = cupy.ascontiguousarray(cupy.argsort(keys), dtype=np.int64)
+        walk = (rows, w_in, b_in, w_out, y, order, top_acts, top_path)
+        _launch(sorted_walk, step.sorted, walk, SORTED_SCALAR_DTYPES)
 
 
 def run_cmm(x: Any, params: FFFParams, kernels: KernelCache, weights: WeightCache) -> tuple[Any, Any]:
