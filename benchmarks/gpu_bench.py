@@ -81,6 +81,9 @@ class CaseResult:
     dense_seconds: float | None = None
     dense_tf32_seconds: float | None = None
     paper_fff_seconds: float | None = None
+    #: The row-grouped kernels (cupy), and whether their output has the warp-per-row kernel's bits.
+    fff_grouped_seconds: float | None = None
+    grouped_same_bits: bool | None = None
     speedup_vs_dense: float | None = None
     speedup_vs_dense_tf32: float | None = None
     fff_effective_gb_per_s: float | None = None
@@ -98,7 +101,8 @@ class Platform:
     benchmark input (for dense) into the FFF layer's input of that dtype,
     outside the timed region.
     ``make_fff_tuned(params, warps_per_block)`` builds the FFF call with
-    another block size, for the sweep.
+    another block size, for the sweep; ``make_fff_grouped(params)`` the
+    row-grouped kernels' call (None where there are none).
     """
 
     name: str
@@ -107,6 +111,7 @@ class Platform:
     as_fff_input: Callable[[Any, str], Any]
     make_fff: Callable[[FFFParams], Callable[[Any], Any]]
     make_fff_tuned: Callable[[FFFParams, int], Callable[[Any], Any]]
+    make_fff_grouped: Callable[[FFFParams], Callable[[Any], Any]] | None
     make_cmm: Callable[[FFFParams], Callable[[Any], tuple[Any, Any]]]
     make_dense: Callable[[str], Callable[[Any], Any]]
     make_dense_tf32: Callable[[], Callable[[Any], Any]] | None
@@ -238,6 +243,10 @@ def gpu_platform() -> Platform:
         device_params = on_device(params)
         return lambda x: run_fff(x, device_params, kernels, weights, warps_per_block=warps)
 
+    def make_fff_grouped(params: FFFParams) -> Callable[[Any], Any]:
+        device_params = on_device(params)
+        return lambda x: run_fff(x, device_params, kernels, weights, variant="row_grouped")
+
     def make_dense_tf32() -> Callable[[Any], Any]:
         dense = make_dense_torch(WIDTH, HIDDEN, WIDTH, dtype="float32", device="cuda")
 
@@ -282,6 +291,7 @@ def gpu_platform() -> Platform:
         as_fff_input=as_cupy,
         make_fff=make_fff,
         make_fff_tuned=make_fff_tuned,
+        make_fff_grouped=make_fff_grouped,
         make_cmm=make_cmm,
         make_dense=lambda dtype: make_dense_torch(WIDTH, HIDDEN, WIDTH, dtype=dtype, device="cuda"),
         make_dense_tf32=make_dense_tf32,
@@ -331,6 +341,7 @@ def dry_run_platform() -> Platform:
         as_fff_input=as_numpy,
         make_fff=lambda params: lambda x: reference.fff(x, params),
         make_fff_tuned=lambda params, warps: lambda x: reference.fff(x, params),
+        make_fff_grouped=lambda params: lambda x: reference.fff(x, params),
         make_cmm=lambda params: lambda x: reference.cmm(x, params),
         make_dense=make_dense,
         make_dense_tf32=None,
@@ -405,6 +416,17 @@ def run_case(platform_: Platform, dtype: str, batch: int, seed: int = 0) -> Case
             result.errors.append(f"fff: the check against the float64 oracle failed: {result.check}")
     except Exception as error:
         result.errors.append(f"fff: {_one_line(error)}\n{_traceback_tail()}")
+
+    if platform_.make_fff_grouped is not None and result.fff_seconds is not None:
+        try:
+            grouped = platform_.make_fff_grouped(params)
+            result.fff_grouped_seconds, _ = platform_.time(grouped, fff_inputs)
+            same = platform_.to_numpy(grouped(fff_inputs[0])) == platform_.to_numpy(call(fff_inputs[0]))
+            result.grouped_same_bits = bool(np.all(same))
+            if not result.grouped_same_bits:
+                result.errors.append("fff grouped: the output differs from the warp-per-row kernel's")
+        except Exception as error:
+            result.errors.append(f"fff grouped: {_one_line(error)}\n{_traceback_tail()}")
 
     try:
         dense = platform_.make_dense(dtype)
@@ -481,6 +503,25 @@ def target_summary(results: list[CaseResult]) -> dict[str, Any]:
     return {"batch": TARGET_BATCH, "min_speedup": TARGET_SPEEDUP, "by_dtype": summary}
 
 
+def grouped_crossover(results: list[CaseResult]) -> dict[str, Any]:
+    """Per FFF dtype, the smallest measured batch from which the row-grouped kernels were faster
+    than the warp-per-row kernel at that batch and every larger one (None: at none)."""
+    crossover: dict[str, Any] = {}
+    for fff_dtype in sorted({r.fff_dtype for r in results}):
+        timed = sorted(
+            (r.batch, r.fff_grouped_seconds < r.fff_seconds)
+            for r in results
+            if r.fff_dtype == fff_dtype and r.fff_seconds and r.fff_grouped_seconds
+        )
+        batch = None
+        for measured, faster in reversed(timed):
+            if not faster:
+                break
+            batch = measured
+        crossover[fff_dtype] = batch
+    return crossover
+
+
 def format_table(results: list[CaseResult]) -> str:
     """A fixed-width table of the results, one line per case."""
 
@@ -489,7 +530,7 @@ def format_table(results: list[CaseResult]) -> str:
 
     lines = [
         f"{'dtype':<9} {'batch':>6} {'fff dtype':<9} {'fff ms':>10} {'dense ms':>10} {'tf32 ms':>10} "
-        f"{'paper ms':>10} {'speedup':>8} {'vs tf32':>8} {'fff GB/s':>9} check",
+        f"{'paper ms':>10} {'grouped ms':>10} {'speedup':>8} {'vs tf32':>8} {'fff GB/s':>9} check",
     ]
     for r in results:
         speedup = f"{r.speedup_vs_dense:8.2f}" if r.speedup_vs_dense is not None else f"{'-':>8}"
@@ -500,7 +541,8 @@ def format_table(results: list[CaseResult]) -> str:
             check += f" ({len(r.errors)} error{'s' if len(r.errors) > 1 else ''})"
         lines.append(
             f"{r.dtype:<9} {r.batch:>6} {r.fff_dtype:<9} {ms(r.fff_seconds)} {ms(r.dense_seconds)} "
-            f"{ms(r.dense_tf32_seconds)} {ms(r.paper_fff_seconds)} {speedup} {tf32} {bandwidth} {check}"
+            f"{ms(r.dense_tf32_seconds)} {ms(r.paper_fff_seconds)} {ms(r.fff_grouped_seconds)} {speedup} {tf32} "
+            f"{bandwidth} {check}"
         )
     return "\n".join(lines)
 
@@ -545,6 +587,7 @@ def main(argv: Sequence[str] | None = None, platform_factory: Callable[[], Platf
         print(f"block-size sweep at batch {max(batches)} ...", flush=True)
         report["warps_sweep"] = run_sweep(platform_, max(batches))
     report["target"] = target_summary(results)
+    report["grouped_crossover_batch"] = grouped_crossover(results)
     _write(arguments.out, report)
     print(format_table(results))
     for row in report.get("warps_sweep", []):

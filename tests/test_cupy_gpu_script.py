@@ -45,11 +45,23 @@ def test_dry_run_measures_checks_and_writes_every_case(tmp_path: Path) -> None:
         assert result["speedup_vs_dense"] == pytest.approx(result["dense_seconds"] / result["fff_seconds"])
         assert result["check"]["passed"] and result["check"]["valid_path"]
         assert result["check"]["relative_error"] <= result["check"]["bound"]
+        assert result["fff_grouped_seconds"] > 0 and result["grouped_same_bits"] is True
+    assert set(report["grouped_crossover_batch"]) == {"float32", "float16"}
     bf16 = [r for r in report["results"] if r["dtype"] == "bfloat16"]
     assert all(r["fff_dtype"] == "float16" for r in bf16)  # said plainly: no bfloat16 arrays in numpy or cupy
     sweep = report["warps_sweep"]
     assert [row["warps_per_block"] for row in sweep] == list(gpu_bench.WARPS_SWEEP)
     assert all(row["batch"] == 3 and row["fff_seconds"] > 0 for row in sweep)
+
+
+def test_the_grouped_crossover_is_the_batch_from_which_grouping_stays_faster() -> None:
+    def case(batch: int, warp: float, grouped: float) -> gpu_bench.CaseResult:
+        return gpu_bench.CaseResult("float32", batch, "float32", fff_seconds=warp, fff_grouped_seconds=grouped)
+
+    results = [case(1, 1.0, 2.0), case(128, 1.0, 0.9), case(4096, 1.0, 1.1), case(16384, 2.0, 1.0), case(65536, 8, 3)]
+    assert gpu_bench.grouped_crossover(results) == {"float32": 16384}
+    assert gpu_bench.grouped_crossover(results[:3]) == {"float32": None}
+    assert gpu_bench.grouped_crossover([]) == {}
 
 
 def test_a_failing_step_is_recorded_and_the_rest_still_runs(tmp_path: Path) -> None:
