@@ -504,8 +504,8 @@ def target_summary(results: list[CaseResult]) -> dict[str, Any]:
 
 
 def grouped_crossover(results: list[CaseResult]) -> dict[str, Any]:
-    """Per FFF dtype, the smallest measured batch from which the row-grouped kernels were faster
-    than the warp-per-row kernel at that batch and every larger one (None: at none)."""
+    """Per FFF dtype with both variants timed, the smallest measured batch from which the row-grouped
+    kernels were faster than the warp-per-row kernel at that batch and every larger one (None: at none)."""
     crossover: dict[str, Any] = {}
     for fff_dtype in sorted({r.fff_dtype for r in results}):
         timed = sorted(
@@ -513,6 +513,8 @@ def grouped_crossover(results: list[CaseResult]) -> dict[str, Any]:
             for r in results
             if r.fff_dtype == fff_dtype and r.fff_seconds and r.fff_grouped_seconds
         )
+        if not timed:
+            continue
         batch = None
         for measured, faster in reversed(timed):
             if not faster:

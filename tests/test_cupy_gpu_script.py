@@ -61,7 +61,7 @@ def test_the_grouped_crossover_is_the_batch_from_which_grouping_stays_faster() -
     results = [case(1, 1.0, 2.0), case(128, 1.0, 0.9), case(4096, 1.0, 1.1), case(16384, 2.0, 1.0), case(65536, 8, 3)]
     assert gpu_bench.grouped_crossover(results) == {"float32": 16384}
     assert gpu_bench.grouped_crossover(results[:3]) == {"float32": None}
-    assert gpu_bench.grouped_crossover([]) == {}
+    assert gpu_bench.grouped_crossover([gpu_bench.CaseResult("float32", 1, "float32", fff_seconds=1.0)]) == {}
 
 
 def test_a_failing_step_is_recorded_and_the_rest_still_runs(tmp_path: Path) -> None:
@@ -178,3 +178,20 @@ def _torch_cuda_runs_here() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+def test_fff_compare_prints_a_gpu_results_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fffcore.cli import main
+
+    out = tmp_path / "results.json"
+    assert gpu_bench.main(["--dry-run", "--batches", "1,3", "--dtypes", "float32", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--gpu-results", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("GPU benchmark (dry-run, ")
+    lines = [line for line in printed.splitlines() if line.startswith("float32 ")]
+    assert [line.split()[1] for line in lines] == ["1", "3"] and all(line.endswith(" ok") for line in lines)
+    assert "row-grouped kernels faster than warp-per-row, float32: " in printed
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    assert main(["compare", "--gpu-results", str(tmp_path / "broken.json")]) == 2
+    assert "--gpu-results: cannot read" in capsys.readouterr().err

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 #: Batch sizes of the default run at the paper's setting: the paper's own. The
-#: whole default run (built-in CPU backends, dense and paper baselines) takes
-#: about a minute on 2 quiet cores (63 s measured on the development machine).
+#: whole default run (built-in CPU backends, dense baselines at one thread and at
+#: all, the paper's FFF) takes about three minutes on 2 quiet cores (195 s
+#: measured on a 2-core AMD EPYC, numba's first compilation included).
 DEFAULT_BATCHES = "1,128,4096,16384"
 DEFAULT_SHAPES = "paper"
 BASELINES = ("dense", "paper")
@@ -63,10 +64,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", metavar="PATH", help="write machine-readable results here")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of time against depth here (runs the depth sweep)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--gpu-results",
+        metavar="PATH",
+        help="print the table of a GPU benchmark results file (benchmarks/gpu_bench.py) instead of measuring",
+    )
     parser.set_defaults(func=run)
 
 
 def run(arguments: argparse.Namespace) -> int:
+    if arguments.gpu_results is not None:
+        return print_gpu_results(arguments.gpu_results)
     from fffcore.benchmarks import cases as case_table
     from fffcore.benchmarks.comparison import add_bandwidth, run_comparison
     from fffcore.benchmarks.machine import (
@@ -265,3 +273,39 @@ def _cpu_note() -> str:
     from fffcore.benchmarks.machine import cpu_model
 
     return cpu_model()
+
+
+def print_gpu_results(path: str) -> int:
+    """Print a ``benchmarks/gpu_bench.py`` results file as a table: 0, or 2 when it cannot be read."""
+    import dataclasses
+    import json
+
+    from fffcore.benchmarks.gpu_bench import CaseResult, format_table, grouped_crossover
+
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = {f.name for f in dataclasses.fields(CaseResult)}
+        results = [CaseResult(**{k: v for k, v in r.items() if k in names}) for r in report.get("results", [])]
+    except (OSError, ValueError, TypeError) as error:
+        message = f"fff compare: --gpu-results: cannot read {path} as a GPU benchmark results file: {error}"
+        print(message, file=sys.stderr)
+        return 2
+    machine = report.get("machine") or {}
+    layer = report.get("layer") or {}
+    print(
+        f"GPU benchmark ({report.get('mode', '?')}, {report.get('created', 'date unknown')}): "
+        f"{machine.get('gpu') or 'no GPU'}; width {layer.get('width')}, depth {layer.get('depth')}, "
+        f"dense hidden {layer.get('dense_hidden')}; medians per call"
+    )
+    for step in report.get("steps", []):
+        print(f"  step {step.get('name')}: {step.get('status')}")
+    print(format_table(results))
+    crossover = grouped_crossover(results)
+    if not crossover:
+        print("row-grouped kernels: not measured in this file")
+    for dtype, batch in crossover.items():
+        where = f"from batch {batch}" if batch is not None else "at no measured batch"
+        print(f"row-grouped kernels faster than warp-per-row, {dtype}: {where}")
+    for error in report.get("errors", []):
+        print(f"error: {error}")
+    return 0
