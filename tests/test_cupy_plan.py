@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from fffcore.backends.cupy import kernel_plan
@@ -132,6 +133,14 @@ def test_dtypes_dispatch_to_their_storage() -> None:
             match=f"params: the cupy kernels compute in float32, float64, float16, bfloat16, got {unsupported}",
         ):
             dtype_traits(unsupported)
+
+
+def test_the_backend_declares_the_accumulation_the_kernels_do() -> None:
+    from fffcore.backends.cupy.plugin import CupyBackend
+
+    for dtype, traits in kernel_plan.DTYPE_TRAITS.items():
+        accumulates = CupyBackend.accumulation_dtypes.get(dtype, dtype)
+        assert np.dtype(accumulates).itemsize == traits.compute_itemsize, dtype
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
