@@ -153,6 +153,8 @@ def poisoned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An output buffer filled with a value no kernel writes, so unwritten elements show."""
     if np.dtype(dtype).kind == "f":
         return np.full(shape, -np.finfo(dtype).max, dtype=dtype)
+    if np.dtype(dtype).kind == "u":
+        return np.full(shape, np.iinfo(dtype).max - 7, dtype=dtype)
     return np.full(shape, -7, dtype=dtype)
 
 
@@ -702,6 +704,12 @@ class FakeCupy(types.ModuleType):
     def empty(self, shape: tuple[int, ...], dtype: Any) -> FakeDeviceArray:
         return poisoned(shape, dtype).view(FakeDeviceArray)
 
+    uint16 = np.uint16
+    int16 = np.int16
+
+    def from_dlpack(self, tensor: Any) -> FakeDeviceArray:
+        return np.from_dlpack(tensor).view(FakeDeviceArray)
+
     def argsort(self, a: Any) -> FakeDeviceArray:
         return np.argsort(np.asarray(a), kind="stable").view(FakeDeviceArray)
 
@@ -829,6 +837,33 @@ def test_float16_runs_through_the_runtime_without_being_declared(fake_cupy: Fake
     logits, nodes = run_cmm(x, params, kernels, weights)
     assert y.dtype == np.float16 and logits.dtype == np.float16 and nodes.dtype == np.int64
     check_against_oracle(x.astype(np.float16), params, logits, nodes, y)
+
+
+def test_bfloat16_runs_through_the_runtime_on_raw_16_bit_words_of_torch_tensors(fake_cupy: FakeCupy) -> None:
+    torch = pytest.importorskip("torch", reason="bfloat16 layers come as torch tensors")
+    from fffcore.backends.cupy import runtime
+
+    wide = FFFParams.random(64, 24, 3, 2, activation="gelu", dtype="float32", seed=43)
+    as_bf16 = {name: torch.from_numpy(getattr(wide, name)).to(torch.bfloat16) for name in ("w_in", "b_in", "w_out")}
+    params = FFFParams(as_bf16["w_in"], as_bf16["b_in"], as_bf16["w_out"], "gelu")
+    x = torch.from_numpy(rows_for(wide, 9, seed=44)).to(torch.bfloat16)
+    kernels, weights = runtime.KernelCache(), runtime.WeightCache()
+    y = runtime.run_fff(x, params, kernels, weights)
+    logits, nodes = runtime.run_cmm(x, params, kernels, weights)
+    assert y.dtype is torch.bfloat16 and logits.dtype is torch.bfloat16 and nodes.dtype is torch.int64
+    assert y.shape == (9, 24) and logits.shape == nodes.shape == (9, 2, 4)
+    exact = FFFParams(*(as_bf16[name].float().numpy() for name in ("w_in", "b_in", "w_out")), "gelu")
+    check_against_oracle(
+        x.float().numpy(),
+        exact,
+        logits.float().numpy(),
+        nodes.numpy(),
+        y.float().numpy(),
+        dtype="bfloat16",
+        accumulation="float32",
+    )
+    with pytest.raises(TypeError, match="x: bfloat16 layers take torch bfloat16 tensors, got ndarray"):
+        runtime.run_fff(np.zeros((1, 64), np.float32), params, kernels, weights)
 
 
 def test_backend_rejects_torch_params(fake_cupy: FakeCupy) -> None:

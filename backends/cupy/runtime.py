@@ -93,7 +93,13 @@ class WeightCache:
         if cached is not None:
             return cached
         kind = params.array_type
-        if kind == "cupy":
+        if params.dtype in RAW_BIT_DTYPES:
+            weights = DeviceWeights(
+                raw_bits(cupy, params.w_in, "params.w_in"),
+                None if params.b_in is None else raw_bits(cupy, params.b_in, "params.b_in"),
+                raw_bits(cupy, params.w_out, "params.w_out"),
+            )
+        elif kind == "cupy":
             weights, in_place = _cupy_weights(cupy, params, device_id)
             if not in_place:
                 return weights
@@ -127,11 +133,54 @@ def _cupy_weights(cupy: Any, params: FFFParams, device_id: int) -> tuple[DeviceW
 
 @dataclass(frozen=True)
 class DeviceRows:
-    """``x`` as C-contiguous device rows of the params dtype, and where the result must go back to."""
+    """``x`` as C-contiguous device rows of the params dtype, and where the result must go back to
+    (numpy, or for bfloat16 a torch tensor; else the cupy array itself)."""
 
     rows: Any
     device_id: int
     return_numpy: bool
+    return_torch: bool = False
+
+
+#: Dtypes the kernels store as raw 16-bit words that neither numpy nor cupy has an array type for:
+#: they come from torch tensors through DLPack (as int16 words) and go back the same way.
+RAW_BIT_DTYPES = ("bfloat16",)
+
+
+def raw_bits(cupy: Any, tensor: Any, name: str) -> Any:
+    """A torch bfloat16 tensor's memory as a C-contiguous cupy uint16 array, through DLPack (no copy
+    when it is contiguous already); TypeError when ``tensor`` is not a bfloat16 tensor."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype is not torch.bfloat16:
+        raise TypeError(f"{name}: bfloat16 layers take torch bfloat16 tensors, got {type(tensor).__name__}")
+    return cupy.from_dlpack(tensor.contiguous().view(torch.int16)).view(cupy.uint16)
+
+
+def torch_from_bits(cupy: Any, array: Any) -> Any:
+    """A cupy uint16 array of bfloat16 words as a torch bfloat16 tensor on its device (no copy)."""
+    import torch
+
+    return torch.from_dlpack(array.view(cupy.int16)).view(torch.bfloat16)
+
+
+def _storage(cupy: Any, dtype: str) -> Any:
+    """The cupy dtype the kernels' results of ``dtype`` are stored in."""
+    return cupy.uint16 if dtype in RAW_BIT_DTYPES else dtype
+
+
+def _give_back(cupy: Any, prepared: DeviceRows, array: Any) -> Any:
+    """A result in the caller's array type: numpy, torch (through DLPack, bfloat16 words as
+    bfloat16), or the cupy array itself."""
+    if prepared.return_numpy:
+        return array.get()
+    if prepared.return_torch:
+        if array.dtype == cupy.uint16:
+            return torch_from_bits(cupy, array)
+        import torch
+
+        return torch.from_dlpack(array)
+    return array
 
 
 def device_rows(cupy: Any, x: Any, dtype: str) -> DeviceRows:
@@ -141,6 +190,9 @@ def device_rows(cupy: Any, x: Any, dtype: str) -> DeviceRows:
     cupy input stays on its device, copied only when it is strided or of another dtype.
     """
     kind = array_type(x)
+    if dtype in RAW_BIT_DTYPES:
+        rows = raw_bits(cupy, x, "x")
+        return DeviceRows(rows, int(rows.device.id), False, return_torch=True)
     if kind == "numpy":
         return DeviceRows(cupy.asarray(np.ascontiguousarray(x, dtype=dtype)), int(cupy.cuda.Device().id), True)
     if kind == "cupy":
@@ -212,7 +264,7 @@ def run_fff(
     with cupy.cuda.Device(prepared.device_id):
         layer = weights.weights(cupy, params, prepared.device_id)
         rows = prepared.rows
-        y = cupy.empty((rows.shape[0], params.d_out), dtype=params.dtype)
+        y = cupy.empty((rows.shape[0], params.d_out), dtype=_storage(cupy, params.dtype))
         count = int(rows.shape[0])
         chosen = choose_variant(count, params.depth, variant)
         if count:
@@ -238,7 +290,7 @@ def run_fff(
                 steps = grouped_fff_launches(*sizes, warps_per_block=warps_per_block)
                 arrays = (rows, layer.w_in, b_in, layer.w_out, y)
                 _run_grouped(cupy, kernels, prepared.device_id, config, steps, traits.compute_itemsize, arrays)
-    return y.get() if prepared.return_numpy else y
+    return _give_back(cupy, prepared, y)
 
 
 def _run_grouped(
@@ -276,7 +328,7 @@ def run_cmm(x: Any, params: FFFParams, kernels: KernelCache, weights: WeightCach
         layer = weights.weights(cupy, params, prepared.device_id)
         rows = prepared.rows
         shape = (rows.shape[0], params.trees, params.depth + 1)
-        logits = cupy.empty(shape, dtype=params.dtype)
+        logits = cupy.empty(shape, dtype=_storage(cupy, params.dtype))
         nodes = cupy.empty(shape, dtype=np.int64)
         launches = cmm_launches(int(rows.shape[0]), params.trees, params.depth, params.d_in)
         if launches:
@@ -294,6 +346,4 @@ def run_cmm(x: Any, params: FFFParams, kernels: KernelCache, weights: WeightCach
             b_in = layer.w_in if layer.b_in is None else layer.b_in
             for launch in launches:
                 _launch(kernel, launch, (rows, layer.w_in, b_in, logits, nodes), CMM_SCALAR_DTYPES)
-    if prepared.return_numpy:
-        return logits.get(), nodes.get()
-    return logits, nodes
+    return _give_back(cupy, prepared, logits), _give_back(cupy, prepared, nodes)
