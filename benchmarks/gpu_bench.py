@@ -13,10 +13,13 @@ float32 dense layer a user can ask cuBLAS for. Each (dtype, batch) is
 measured on its own: a failure is recorded with its reason and the next case
 runs. Every FFF result is checked once, untimed, against the float64 oracle.
 
-Neither numpy nor cupy has a bfloat16 dtype, so the bfloat16 rows time dense
-bfloat16 against the kernels' float16 variant (2-byte storage like bfloat16,
-float32 arithmetic), which the backend builds but does not declare yet;
-``fff_dtype`` in each row says which FFF dtype ran.
+The bfloat16 rows time dense bfloat16 against two FFF layers the backend builds
+but does not declare yet, both with 2-byte storage and float32 arithmetic: the
+float16 variant (``fff_seconds``; ``fff_dtype`` says so) and the bfloat16 kernels
+fed the raw 16-bit words of torch bfloat16 tensors through DLPack
+(``fff_bfloat16_seconds``), each checked against the oracle. Every row also
+times the row-grouped kernels (``fff_grouped_seconds``) and records whether
+their output has the warp-per-row kernel's bits.
 
 ``--dry-run`` runs the whole script on the CPU (reference backend, torch or
 numpy dense, host clock, small batches), so everything but the GPU is
@@ -84,6 +87,10 @@ class CaseResult:
     #: The row-grouped kernels (cupy), and whether their output has the warp-per-row kernel's bits.
     fff_grouped_seconds: float | None = None
     grouped_same_bits: bool | None = None
+    #: bfloat16 rows only: the bfloat16 kernels on torch tensors' raw words (cupy runtime), checked too.
+    fff_bfloat16_seconds: float | None = None
+    speedup_bfloat16_vs_dense: float | None = None
+    check_bfloat16: dict[str, Any] = field(default_factory=dict)
     speedup_vs_dense: float | None = None
     speedup_vs_dense_tf32: float | None = None
     fff_effective_gb_per_s: float | None = None
@@ -102,7 +109,10 @@ class Platform:
     outside the timed region.
     ``make_fff_tuned(params, warps_per_block)`` builds the FFF call with
     another block size, for the sweep; ``make_fff_grouped(params)`` the
-    row-grouped kernels' call (None where there are none).
+    row-grouped kernels' call (None where there are none);
+    ``make_fff_bfloat16(float32 params)`` the bfloat16 layer's ``fff`` and
+    ``cmm`` calls on bfloat16 inputs and the float32 parameters holding exactly
+    its bfloat16 values (None where there is no bfloat16 layer).
     """
 
     name: str
@@ -112,6 +122,7 @@ class Platform:
     make_fff: Callable[[FFFParams], Callable[[Any], Any]]
     make_fff_tuned: Callable[[FFFParams, int], Callable[[Any], Any]]
     make_fff_grouped: Callable[[FFFParams], Callable[[Any], Any]] | None
+    make_fff_bfloat16: Callable[[FFFParams], tuple[Callable[[Any], Any], Callable[[Any], Any], FFFParams]] | None
     make_cmm: Callable[[FFFParams], Callable[[Any], tuple[Any, Any]]]
     make_dense: Callable[[str], Callable[[Any], Any]]
     make_dense_tf32: Callable[[], Callable[[Any], Any]] | None
@@ -247,6 +258,10 @@ def gpu_platform() -> Platform:
         device_params = on_device(params)
         return lambda x: run_fff(x, device_params, kernels, weights, variant="row_grouped")
 
+    def make_fff_bfloat16(params: FFFParams) -> tuple[Callable[[Any], Any], Callable[[Any], Any], FFFParams]:
+        layer, exact = bfloat16_layer(params, device="cuda")
+        return (lambda x: run_fff(x, layer, kernels, weights)), (lambda x: run_cmm(x, layer, kernels, weights)), exact
+
     def make_dense_tf32() -> Callable[[Any], Any]:
         dense = make_dense_torch(WIDTH, HIDDEN, WIDTH, dtype="float32", device="cuda")
 
@@ -292,6 +307,7 @@ def gpu_platform() -> Platform:
         make_fff=make_fff,
         make_fff_tuned=make_fff_tuned,
         make_fff_grouped=make_fff_grouped,
+        make_fff_bfloat16=make_fff_bfloat16,
         make_cmm=make_cmm,
         make_dense=lambda dtype: make_dense_torch(WIDTH, HIDDEN, WIDTH, dtype=dtype, device="cuda"),
         make_dense_tf32=make_dense_tf32,
@@ -342,14 +358,47 @@ def dry_run_platform() -> Platform:
         make_fff=lambda params: lambda x: reference.fff(x, params),
         make_fff_tuned=lambda params, warps: lambda x: reference.fff(x, params),
         make_fff_grouped=lambda params: lambda x: reference.fff(x, params),
+        make_fff_bfloat16=None if torch is None else lambda params: _reference_bfloat16(reference, params),
         make_cmm=lambda params: lambda x: reference.cmm(x, params),
         make_dense=make_dense,
         make_dense_tf32=None,
         make_paper_fff=None,
-        to_numpy=lambda array: np.asarray(array),
+        to_numpy=lambda array: (
+            array.float().numpy() if torch is not None and torch.is_tensor(array) else np.asarray(array)
+        ),
         time=lambda call, inputs: time_with(call, inputs, start_timer=start, stop_timer=stop, samples=3),
         describe=lambda: {"gpu": None, "note": "dry run on the CPU: the timings mean nothing"},
     )
+
+
+def bfloat16_layer(params: FFFParams, device: str = "cpu") -> tuple[FFFParams, FFFParams]:
+    """float32 ``params`` rounded to bfloat16 by torch: the layer as torch bfloat16 tensors on
+    ``device``, and float32 numpy parameters holding exactly its values (for the oracle)."""
+    import torch
+
+    names = ("w_in", "b_in", "w_out")
+    tensors = [None if getattr(params, n) is None else torch.from_numpy(getattr(params, n)) for n in names]
+    rounded = [None if t is None else t.to(device=device, dtype=torch.bfloat16) for t in tensors]
+    exact = [None if t is None else t.float().cpu().numpy() for t in rounded]
+    return FFFParams(*rounded, params.activation), FFFParams(*exact, params.activation)
+
+
+def _reference_bfloat16(
+    reference: Any, params: FFFParams
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any], FFFParams]:
+    """The dry run's stand-in for the bfloat16 kernels: the reference on the exact values, rounded to bfloat16."""
+    import torch
+
+    _, exact = bfloat16_layer(params)
+
+    def fff(x: Any) -> Any:
+        return torch.from_numpy(reference.fff(x.float().numpy(), exact)).to(torch.bfloat16)
+
+    def cmm(x: Any) -> tuple[Any, Any]:
+        logits, nodes = reference.cmm(x.float().numpy(), exact)
+        return torch.from_numpy(logits).to(torch.bfloat16), torch.from_numpy(nodes)
+
+    return fff, cmm, exact
 
 
 # --- one case --------------------------------------------------------------------------------------
@@ -364,24 +413,32 @@ def check_fff(platform_: Platform, params: FFFParams, x_fff: Any, y: Any) -> dic
     arithmetic dtype (eps_c) grow like sqrt(d_in) eps_c, with a factor 100 for
     the activation's and the tree sum's rounding; the stored dtype's unit
     roundoff u_s enters through the logits and the output, each rounded once
-    to it (float16 stores, float32 computes), with room for the activation's
-    slope (at most 1.13) and the norm. Also reports how many rows took the
-    float64 path.
+    to it (the 16-bit dtypes store, float32 computes), with room for the
+    activation's slope (at most 1.13) and the norm. Also reports how many rows
+    took the float64 path.
     """
+    cmm = platform_.make_cmm(params)
+    return check_along_path(platform_, params, params.dtype, cmm, x_fff, y)
+
+
+def check_along_path(
+    platform_: Platform, exact: FFFParams, storage: str, cmm: Callable[[Any], Any], x_fff: Any, y: Any
+) -> dict[str, Any]:
+    """:func:`check_fff` for a layer stored in ``storage`` whose values ``exact`` holds in a wider dtype."""
     rows = min(CHECKED_ROWS, int(x_fff.shape[0]))
     x = platform_.to_numpy(x_fff[:rows]).astype(np.float64)
-    logits, nodes = platform_.make_cmm(params)(x_fff[:rows])
+    logits, nodes = cmm(x_fff[:rows])
     logits, nodes = platform_.to_numpy(logits), platform_.to_numpy(nodes)
     y_rows = platform_.to_numpy(y[:rows]).astype(np.float64)
     valid = bool(np.all(nodes[:, :, 0] == 0)) and bool(
         np.all(nodes[:, :, 1:] == 2 * nodes[:, :, :-1] + 1 + (logits[:, :, :-1] > 0))
     )
-    along = evaluate_path(x, params, nodes)
+    along = evaluate_path(x, exact, nodes)
     error = float(np.linalg.norm(y_rows - along.output) / max(np.linalg.norm(along.output), 1e-300))
-    compute_dtype = "float32" if params.dtype == "float16" else params.dtype
-    storage_unit = float(np.finfo(params.dtype).eps) / 2
-    bound = 100 * math.sqrt(params.d_in) * float(np.finfo(compute_dtype).eps) + 8 * storage_unit
-    _, oracle_nodes = oracle_cmm(x, params)
+    compute_dtype = "float32" if storage in ("float16", "bfloat16") else storage
+    storage_unit = {"bfloat16": 2.0**-8}.get(storage) or float(np.finfo(storage).eps) / 2
+    bound = 100 * math.sqrt(exact.d_in) * float(np.finfo(compute_dtype).eps) + 8 * storage_unit
+    _, oracle_nodes = oracle_cmm(x, exact)
     same_path = float(np.mean(np.all(oracle_nodes == nodes, axis=(1, 2))))
     return {
         "rows": rows,
@@ -428,6 +485,21 @@ def run_case(platform_: Platform, dtype: str, batch: int, seed: int = 0) -> Case
         except Exception as error:
             result.errors.append(f"fff grouped: {_one_line(error)}\n{_traceback_tail()}")
 
+    if dtype == "bfloat16" and platform_.make_fff_bfloat16 is not None:
+        try:
+            wide = FFFParams.random(WIDTH, WIDTH, DEPTH, 1, dtype="float32", seed=seed)
+            fff_bf16, cmm_bf16, exact = platform_.make_fff_bfloat16(wide)
+            result.fff_bfloat16_seconds, _ = platform_.time(fff_bf16, inputs)
+            result.check_bfloat16 = check_along_path(
+                platform_, exact, "bfloat16", cmm_bf16, inputs[0], fff_bf16(inputs[0])
+            )
+            if not result.check_bfloat16["passed"]:
+                result.errors.append(
+                    f"fff bfloat16: the check against the float64 oracle failed: {result.check_bfloat16}"
+                )
+        except Exception as error:
+            result.errors.append(f"fff bfloat16: {_one_line(error)}\n{_traceback_tail()}")
+
     try:
         dense = platform_.make_dense(dtype)
         result.dense_seconds, _ = platform_.time(dense, inputs)
@@ -449,6 +521,8 @@ def run_case(platform_: Platform, dtype: str, batch: int, seed: int = 0) -> Case
 
     if result.fff_seconds and result.dense_seconds:
         result.speedup_vs_dense = result.dense_seconds / result.fff_seconds
+    if result.fff_bfloat16_seconds and result.dense_seconds:
+        result.speedup_bfloat16_vs_dense = result.dense_seconds / result.fff_bfloat16_seconds
     if result.fff_seconds and result.dense_tf32_seconds:
         result.speedup_vs_dense_tf32 = result.dense_tf32_seconds / result.fff_seconds
     return result
@@ -532,7 +606,7 @@ def format_table(results: list[CaseResult]) -> str:
 
     lines = [
         f"{'dtype':<9} {'batch':>6} {'fff dtype':<9} {'fff ms':>10} {'dense ms':>10} {'tf32 ms':>10} "
-        f"{'paper ms':>10} {'grouped ms':>10} {'speedup':>8} {'vs tf32':>8} {'fff GB/s':>9} check",
+        f"{'paper ms':>10} {'grouped ms':>10} {'bf16 ms':>10} {'speedup':>8} {'vs tf32':>8} {'fff GB/s':>9} check",
     ]
     for r in results:
         speedup = f"{r.speedup_vs_dense:8.2f}" if r.speedup_vs_dense is not None else f"{'-':>8}"
@@ -543,7 +617,8 @@ def format_table(results: list[CaseResult]) -> str:
             check += f" ({len(r.errors)} error{'s' if len(r.errors) > 1 else ''})"
         lines.append(
             f"{r.dtype:<9} {r.batch:>6} {r.fff_dtype:<9} {ms(r.fff_seconds)} {ms(r.dense_seconds)} "
-            f"{ms(r.dense_tf32_seconds)} {ms(r.paper_fff_seconds)} {ms(r.fff_grouped_seconds)} {speedup} {tf32} "
+            f"{ms(r.dense_tf32_seconds)} {ms(r.paper_fff_seconds)} {ms(r.fff_grouped_seconds)} "
+            f"{ms(r.fff_bfloat16_seconds)} {speedup} {tf32} "
             f"{bandwidth} {check}"
         )
     return "\n".join(lines)

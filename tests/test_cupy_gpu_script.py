@@ -49,6 +49,9 @@ def test_dry_run_measures_checks_and_writes_every_case(tmp_path: Path) -> None:
     assert set(report["grouped_crossover_batch"]) == {"float32", "float16"}
     bf16 = [r for r in report["results"] if r["dtype"] == "bfloat16"]
     assert all(r["fff_dtype"] == "float16" for r in bf16)  # said plainly: no bfloat16 arrays in numpy or cupy
+    # and beside it the bfloat16 layer on raw 16-bit words of torch tensors, checked against the oracle
+    assert all(r["fff_bfloat16_seconds"] > 0 and r["check_bfloat16"]["passed"] for r in bf16)
+    assert all(r["speedup_bfloat16_vs_dense"] > 0 for r in bf16)
     sweep = report["warps_sweep"]
     assert [row["warps_per_block"] for row in sweep] == list(gpu_bench.WARPS_SWEEP)
     assert all(row["batch"] == 3 and row["fff_seconds"] > 0 for row in sweep)
