@@ -377,7 +377,8 @@ def bfloat16_layer(params: FFFParams, device: str = "cpu") -> tuple[FFFParams, F
     import torch
 
     names = ("w_in", "b_in", "w_out")
-    tensors = [None if getattr(params, n) is None else torch.from_numpy(getattr(params, n)) for n in names]
+    # Copies: the parameters' arrays are read-only, which torch tensors cannot express.
+    tensors = [None if getattr(params, n) is None else torch.from_numpy(np.array(getattr(params, n))) for n in names]
     rounded = [None if t is None else t.to(device=device, dtype=torch.bfloat16) for t in tensors]
     exact = [None if t is None else t.float().cpu().numpy() for t in rounded]
     return FFFParams(*rounded, params.activation), FFFParams(*exact, params.activation)
