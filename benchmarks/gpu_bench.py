@@ -87,6 +87,8 @@ class CaseResult:
     #: The row-grouped kernels (cupy), and whether their output has the warp-per-row kernel's bits.
     fff_grouped_seconds: float | None = None
     grouped_same_bits: bool | None = None
+    #: fffcore's torch backend on the same tensors (bfloat16 rows: a bfloat16 layer).
+    fff_torch_seconds: float | None = None
     #: bfloat16 rows only: the bfloat16 kernels on torch tensors' raw words (cupy runtime), checked too.
     fff_bfloat16_seconds: float | None = None
     speedup_bfloat16_vs_dense: float | None = None
@@ -112,7 +114,9 @@ class Platform:
     row-grouped kernels' call (None where there are none);
     ``make_fff_bfloat16(float32 params)`` the bfloat16 layer's ``fff`` and
     ``cmm`` calls on bfloat16 inputs and the float32 parameters holding exactly
-    its bfloat16 values (None where there is no bfloat16 layer).
+    its bfloat16 values (None where there is no bfloat16 layer);
+    ``make_fff_torch(float32 params, dtype)`` fffcore's torch backend on the
+    platform's tensors, the layer in ``dtype`` (None without torch).
     """
 
     name: str
@@ -123,6 +127,7 @@ class Platform:
     make_fff_tuned: Callable[[FFFParams, int], Callable[[Any], Any]]
     make_fff_grouped: Callable[[FFFParams], Callable[[Any], Any]] | None
     make_fff_bfloat16: Callable[[FFFParams], tuple[Callable[[Any], Any], Callable[[Any], Any], FFFParams]] | None
+    make_fff_torch: Callable[[FFFParams, str], Callable[[Any], Any]] | None
     make_cmm: Callable[[FFFParams], Callable[[Any], tuple[Any, Any]]]
     make_dense: Callable[[str], Callable[[Any], Any]]
     make_dense_tf32: Callable[[], Callable[[Any], Any]] | None
@@ -308,6 +313,7 @@ def gpu_platform() -> Platform:
         make_fff_tuned=make_fff_tuned,
         make_fff_grouped=make_fff_grouped,
         make_fff_bfloat16=make_fff_bfloat16,
+        make_fff_torch=lambda params, dtype: torch_backend_call(params, dtype, "cuda"),
         make_cmm=make_cmm,
         make_dense=lambda dtype: make_dense_torch(WIDTH, HIDDEN, WIDTH, dtype=dtype, device="cuda"),
         make_dense_tf32=make_dense_tf32,
@@ -359,6 +365,7 @@ def dry_run_platform() -> Platform:
         make_fff_tuned=lambda params, warps: lambda x: reference.fff(x, params),
         make_fff_grouped=lambda params: lambda x: reference.fff(x, params),
         make_fff_bfloat16=None if torch is None else lambda params: _reference_bfloat16(reference, params),
+        make_fff_torch=None if torch is None else lambda params, dtype: torch_backend_call(params, dtype, "cpu"),
         make_cmm=lambda params: lambda x: reference.cmm(x, params),
         make_dense=make_dense,
         make_dense_tf32=None,
@@ -382,6 +389,20 @@ def bfloat16_layer(params: FFFParams, device: str = "cpu") -> tuple[FFFParams, F
     rounded = [None if t is None else t.to(device=device, dtype=torch.bfloat16) for t in tensors]
     exact = [None if t is None else t.float().cpu().numpy() for t in rounded]
     return FFFParams(*rounded, params.activation), FFFParams(*exact, params.activation)
+
+
+def torch_backend_call(params: FFFParams, dtype: str, device: str) -> Callable[[Any], Any]:
+    """``fffcore.fff`` on fffcore's torch backend, the float32 ``params`` as torch tensors of
+    ``dtype`` on ``device`` (inputs: torch tensors of that dtype there)."""
+    import torch
+
+    import fffcore
+
+    names = ("w_in", "b_in", "w_out")
+    arrays = [getattr(params, n) for n in names]
+    tensors = [None if a is None else torch.from_numpy(np.array(a)).to(device, getattr(torch, dtype)) for a in arrays]
+    layer = FFFParams(*tensors, params.activation)
+    return lambda x: fffcore.fff(x, layer, backend="torch")
 
 
 def _reference_bfloat16(
@@ -485,6 +506,13 @@ def run_case(platform_: Platform, dtype: str, batch: int, seed: int = 0) -> Case
                 result.errors.append("fff grouped: the output differs from the warp-per-row kernel's")
         except Exception as error:
             result.errors.append(f"fff grouped: {_one_line(error)}\n{_traceback_tail()}")
+
+    if platform_.make_fff_torch is not None and dtype in ("float32", "bfloat16"):
+        try:
+            wide = FFFParams.random(WIDTH, WIDTH, DEPTH, 1, dtype="float32", seed=seed)
+            result.fff_torch_seconds, _ = platform_.time(platform_.make_fff_torch(wide, dtype), inputs)
+        except Exception as error:
+            result.errors.append(f"fff torch: {_one_line(error)}\n{_traceback_tail()}")
 
     if dtype == "bfloat16" and platform_.make_fff_bfloat16 is not None:
         try:
@@ -607,7 +635,8 @@ def format_table(results: list[CaseResult]) -> str:
 
     lines = [
         f"{'dtype':<9} {'batch':>6} {'fff dtype':<9} {'fff ms':>10} {'dense ms':>10} {'tf32 ms':>10} "
-        f"{'paper ms':>10} {'grouped ms':>10} {'bf16 ms':>10} {'speedup':>8} {'vs tf32':>8} {'fff GB/s':>9} check",
+        f"{'paper ms':>10} {'grouped ms':>10} {'bf16 ms':>10} {'torch ms':>10} {'speedup':>8} {'vs tf32':>8} "
+        f"{'fff GB/s':>9} check",
     ]
     for r in results:
         speedup = f"{r.speedup_vs_dense:8.2f}" if r.speedup_vs_dense is not None else f"{'-':>8}"
@@ -619,7 +648,7 @@ def format_table(results: list[CaseResult]) -> str:
         lines.append(
             f"{r.dtype:<9} {r.batch:>6} {r.fff_dtype:<9} {ms(r.fff_seconds)} {ms(r.dense_seconds)} "
             f"{ms(r.dense_tf32_seconds)} {ms(r.paper_fff_seconds)} {ms(r.fff_grouped_seconds)} "
-            f"{ms(r.fff_bfloat16_seconds)} {speedup} {tf32} "
+            f"{ms(r.fff_bfloat16_seconds)} {ms(r.fff_torch_seconds)} {speedup} {tf32} "
             f"{bandwidth} {check}"
         )
     return "\n".join(lines)

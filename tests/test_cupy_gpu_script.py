@@ -46,6 +46,7 @@ def test_dry_run_measures_checks_and_writes_every_case(tmp_path: Path) -> None:
         assert result["check"]["passed"] and result["check"]["valid_path"]
         assert result["check"]["relative_error"] <= result["check"]["bound"]
         assert result["fff_grouped_seconds"] > 0 and result["grouped_same_bits"] is True
+        assert result["fff_torch_seconds"] > 0
     assert set(report["grouped_crossover_batch"]) == {"float32", "float16"}
     bf16 = [r for r in report["results"] if r["dtype"] == "bfloat16"]
     assert all(r["fff_dtype"] == "float16" for r in bf16)  # said plainly: no bfloat16 arrays in numpy or cupy
@@ -198,3 +199,23 @@ def test_fff_compare_prints_a_gpu_results_file(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     assert main(["compare", "--gpu-results", str(tmp_path / "broken.json")]) == 2
     assert "--gpu-results: cannot read" in capsys.readouterr().err
+
+
+def test_an_interpreter_that_cannot_import_fffcore_stops_the_script_with_a_results_file(tmp_path: Path) -> None:
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    # An image whose Python lacks a dependency (pluggy here): the import check fails.
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'pluggy'\" >&2\nexit 1\n")
+    broken.chmod(0o755)
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHON": str(broken), "GPU_CHECK_RESULTS_DIR": str(results)}
+    env.pop("OUT", None)
+    run = subprocess.run([bash, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1
+    assert "cannot import fffcore" in run.stdout and "No module named 'pluggy'" in run.stdout
+    assert "=== backends" not in run.stdout  # nothing else ran
+    (written,) = results.glob("gpu_*.json")
+    report = read(written)
+    assert report["mode"] == "gpu" and "fffcore could not be imported" in report["errors"][0]

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import threading
+import types
 import weakref
 from typing import ClassVar
 
@@ -505,3 +506,37 @@ def test_tf32_enabled_by_the_user_changes_no_branch_on_cuda(monkeypatch):
         pytest.skip("this GPU does not round float32 products to TF32, so nothing is tested")
     assert (unguarded[:, 0, 1] == 1).all()  # what TF32 does to an unguarded product
     assert (nodes[:, 0, 1] == 2).all()  # the backend's own product is not coarsened
+
+
+def test_tf32_guard_on_cuda_is_visible_on_the_cpu():
+    # No CUDA here: tensors that say they live on CUDA record the dtype each product runs in. With
+    # TF32 allowed (as users set it), float32 products on CUDA must still run where TF32 cannot
+    # round them (float64), 16-bit ones in float32, and CPU float32 ones untouched.
+    seen = []
+
+    class Recorded:
+        def __init__(self, dtype, device):
+            self.dtype, self.device = dtype, types.SimpleNamespace(type=device)
+
+        def double(self):
+            return Recorded(torch.float64, self.device.type)
+
+        def float(self):
+            return Recorded(torch.float32, self.device.type)
+
+        def to(self, dtype):
+            return Recorded(dtype, self.device.type)
+
+    def product(a, b):
+        seen.append((a.dtype, b.dtype))
+        return Recorded(a.dtype, a.device.type)
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        for dtype, device in ((torch.float32, "cuda"), (torch.bfloat16, "cuda"), (torch.float32, "cpu")):
+            result = kernels._matmul(product, Recorded(dtype, device), Recorded(dtype, device))
+            assert result.dtype is dtype  # rounded back to the layer's dtype
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen == [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.float32, torch.float32)]
