@@ -661,6 +661,7 @@ def main(argv: Sequence[str] | None = None, platform_factory: Callable[[], Platf
     parser.add_argument("--batches", type=lambda text: tuple(int(b) for b in text.split(",")), default=None)
     parser.add_argument("--dtypes", type=lambda text: tuple(text.split(",")), default=DTYPES)
     parser.add_argument("--step", action="append", default=[], metavar="NAME=CODE:LOG", help="a prior step's outcome")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw time per call against batch here (PNG)")
     arguments = parser.parse_args(argv)
     batches = arguments.batches or (DRY_RUN_BATCHES if arguments.dry_run else BATCHES)
 
@@ -695,6 +696,14 @@ def main(argv: Sequence[str] | None = None, platform_factory: Callable[[], Platf
         report["warps_sweep"] = run_sweep(platform_, max(batches))
     report["target"] = target_summary(results)
     report["grouped_crossover_batch"] = grouped_crossover(results)
+    if arguments.plot is not None and results:
+        try:
+            from fffcore.benchmarks.gpu_plot import plot_gpu
+
+            plot_gpu(report, arguments.plot)
+            report["plot"] = str(arguments.plot)
+        except Exception as error:  # a plot must not lose the measurements
+            report["errors"].append(f"plot: {_one_line(error)}")
     _write(arguments.out, report)
     print(format_table(results))
     for row in report.get("warps_sweep", []):

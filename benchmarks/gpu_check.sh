@@ -11,7 +11,7 @@
 #   6. the test suite's CUDA tests, and FFFInference on CUDA tensors (benchmarks/torch_module.py)
 #   7. the benchmark: cupy FFF vs torch dense Linear-GELU-Linear (cuBLAS), width 768, depth 11,
 #      batches 1/128/4096/16384/65536, float32 (also against TF32 dense) and bfloat16,
-#      into benchmarks/results/gpu_<stamp>.json
+#      into benchmarks/results/gpu_<stamp>.json and a plot of time against batch, gpu_<stamp>.png
 # Total under 15 minutes: the limits below add up to 13 min 40 s (plus 5 s of grace each).
 # Exit status: 0 when every step passed, 1 otherwise.
 #
@@ -100,7 +100,8 @@ run_step torch_module 150 "$PYTHON" -m fffcore.benchmarks.torch_module --device 
 BENCH_OPTIONS=()
 [ "$DRY_RUN" = 1 ] && BENCH_OPTIONS+=("--dry-run")
 echo "=== benchmark (limit 200s)"
-timeout --kill-after=5 200 "$PYTHON" -m fffcore.benchmarks.gpu_bench --out "$RESULTS" "${BENCH_OPTIONS[@]}" \
+timeout --kill-after=5 200 "$PYTHON" -m fffcore.benchmarks.gpu_bench --out "$RESULTS" --plot "${RESULTS%.json}.png" \
+    "${BENCH_OPTIONS[@]}" \
     "${STEPS[@]}" 2>&1 | tee "$LOG_DIR/benchmark.log"
 code=${PIPESTATUS[0]}
 echo "=== benchmark: exit $code"
@@ -113,6 +114,7 @@ fi
 
 if [ -n "$COPY_TO" ]; then
     mkdir -p "$COPY_TO" && cp "$RESULTS" "$COPY_TO/" && { [ ! -s "$MODULE_RESULTS" ] || cp "$MODULE_RESULTS" "$COPY_TO/"; } \
+        && { [ ! -s "${RESULTS%.json}.png" ] || cp "${RESULTS%.json}.png" "$COPY_TO/"; } \
         && tar -czf "$COPY_TO/gpu_check_logs_$STAMP.tar.gz" -C "$RESULTS_DIR" "gpu_check_$STAMP"
 fi
 echo "results: $RESULTS; logs: $LOG_DIR"

@@ -2,8 +2,10 @@
 
 A dense layer with as many neurons as a depth-D tree (2**(D+1) - 1) costs
 twice as much per extra level; an FFF row visits D + 1 of them. On a log time
-axis the dense lines climb steadily while the FFF lines stay nearly flat: the
-exponential gap the paper is about.
+axis the dense lines climb steadily (about 2x per level) while the FFF lines
+climb far less (their work grows linearly with depth, plus per-level overheads
+that some implementations pay at every level): the exponential gap the paper is
+about.
 """
 
 from __future__ import annotations

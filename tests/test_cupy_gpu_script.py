@@ -33,8 +33,13 @@ def test_the_script_parses() -> None:
 
 def test_dry_run_measures_checks_and_writes_every_case(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    code = gpu_bench.main(["--dry-run", "--batches", "1,3", "--out", str(out)])
+    code = gpu_bench.main(["--dry-run", "--batches", "1,3", "--out", str(out), "--plot", str(tmp_path / "gpu.png")])
     report = read(out)
+    assert (tmp_path / "gpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["plot"].endswith("gpu.png")
+    from fffcore.benchmarks.gpu_plot import series
+
+    labels = [label for label, _, _ in series(report)]
+    assert {"cupy FFF row-grouped, float32", "cupy FFF, bfloat16", "dense cuBLAS, bfloat16"} <= set(labels)
     assert code == 0, report
     assert report["mode"] == "dry-run" and report["layer"]["width"] == 768 and report["layer"]["depth"] == 11
     cases = {(r["dtype"], r["batch"]) for r in report["results"]}
