@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -243,6 +244,50 @@ def speedups(results: Sequence[Result], result: Result) -> dict[str, float | Non
     reference = reference_result(results, shape)
     out["reference"] = reference.seconds_per_row / result.seconds_per_row if reference and result.timed else None
     return out
+
+
+#: Relative spread (interquartile range over the median) above which a timing is called unsteady.
+UNSTEADY_SPREAD = 0.25
+
+
+def suspect_ratios(results: Sequence[Result], result: Result) -> list[dict[str, Any]]:
+    """The speedups of an FFF ``result`` over a dense layer that exceed the theoretical limit (dense
+    neurons over visited neurons): impossible for a correct measurement, so never a result. Each
+    entry: ``over`` (``denseH``), ``ratio``, ``limit`` and ``likely_cause``."""
+    if result.kind != "fff" or not result.timed:
+        return []
+    shape = result.case.shape
+    ratios = speedups(results, result)
+    found = []
+    for hidden in shape.dense_hidden:
+        ratio = ratios[f"dense{hidden}"]
+        if ratio is None or ratio <= shape.limit(hidden):
+            continue
+        dense = best_dense(results, shape, hidden)
+        found.append(
+            {
+                "over": f"dense{hidden}",
+                "ratio": ratio,
+                "limit": shape.limit(hidden),
+                "likely_cause": _likely_cause(dense, result),
+            }
+        )
+    return found
+
+
+def _likely_cause(dense: Result | None, fff: Result) -> str:
+    assert fff.timing is not None
+    if dense is not None and dense.timing is not None and dense.timing.spread > UNSTEADY_SPREAD:
+        return (
+            f"the dense layer's samples varied by {dense.timing.spread:.0%} of their median: it was likely slowed "
+            "by other processes while it ran"
+        )
+    if fff.timing.spread > UNSTEADY_SPREAD:
+        return f"this implementation's samples varied by {fff.timing.spread:.0%} of their median"
+    return (
+        "the dense layers ran slower than they can (other processes, CPU frequency) or this implementation "
+        "skipped work its check did not catch; rerun on a quiet machine"
+    )
 
 
 def shapes_of(results: Sequence[Result]) -> list[Shape]:

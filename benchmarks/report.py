@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fffcore.benchmarks.cases import Shape
-from fffcore.benchmarks.comparison import OK, WRONG, Result, shapes_of, speedups
+from fffcore.benchmarks.comparison import OK, WRONG, Result, shapes_of, speedups, suspect_ratios
 from fffcore.benchmarks.roofline import probe_size
 
 JSON_FORMAT = "fffcore-compare/1"
@@ -87,6 +87,13 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
             continue
         assert result.timing is not None
         ratios = speedups(everything, result)
+        suspects = {entry["over"]: entry for entry in suspect_ratios(everything, result)}
+        for entry in suspects.values():
+            notes.append(
+                f"? {result.case.implementation}: {format_speedup(entry['ratio'])} over {entry['over']} is above "
+                f"the theoretical limit {format_speedup(entry['limit'])}, so it is a measurement problem, not a "
+                f"result: {entry['likely_cause']}"
+            )
         check = "ok" if result.check is not None else "n/a"
         table.append(
             [
@@ -97,7 +104,10 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                 format_seconds(result.timing.median),
                 f"±{100 * result.timing.spread / 2:.0f}%",
                 format_rate(result.rows_per_second),
-                *[format_speedup(ratios[f"dense{h}"]) for h in shape.dense_hidden],
+                *[
+                    format_speedup(ratios[f"dense{h}"]) + ("?" if f"dense{h}" in suspects else "")
+                    for h in shape.dense_hidden
+                ],
                 format_speedup(ratios["reference"]),
                 "-" if result.achieved_bandwidth is None else f"{result.achieved_bandwidth / 1e9:.1f}",
                 "-" if result.achieved_flops is None else f"{result.achieved_flops / 1e9:.1f}",
@@ -126,7 +136,8 @@ def legend(threads: dict[str, str]) -> str:
     pinned = "; ".join(f"{pool}: {count}" for pool, count in threads.items())
     return (
         "time/call: median over the samples; spread: half the interquartile range, relative to the median; "
-        "rows/s and 'vs' speedups per row, within this run; 'vs dense H' is over the fastest of the numpy and "
+        "rows/s and 'vs' speedups per row, within this run ('?': above the theoretical limit, a measurement "
+        "problem); 'vs dense H' is over the fastest of the numpy and "
         "torch dense layers of H hidden neurons, each at one thread and at all; check 'ok': the output agrees "
         "with the float64 oracle within derived rounding bounds, 'n/a': a dense layer (another function); "
         "GB/s: the least a call must move (x, y and each visited weight row once) over its time; GFLOP/s: its "
@@ -175,6 +186,9 @@ def results_to_json(results: Sequence[Result], machine: dict[str, Any], settings
         if result.timed:
             entry["rows_per_second"] = result.rows_per_second
             entry["speedups"] = speedups(results, result)
+            suspects = suspect_ratios(results, result)
+            if suspects:
+                entry["suspect"] = suspects
         if result.check is not None:
             entry["check"] = asdict(result.check)
         if result.traffic is not None:

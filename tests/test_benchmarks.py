@@ -391,3 +391,49 @@ def test_compare_reports_the_roofline_of_each_fff_row(tmp_path, capsys):
     assert fff and all(0 < e["roofline"]["share"] for e in fff)
     assert all(e["roofline"]["machine_read_bytes_per_s"] > 0 and e["roofline"]["measured_with"] for e in fff)
     assert all("roofline" not in e for e in entries if e["kind"] == "dense")
+
+
+# -- ratios above the theoretical limit ---------------------------------------------------------------------
+
+
+def _timed(case, kind, seconds, spread=0.0):
+    from fffcore.benchmarks.comparison import Result
+    from fffcore.benchmarks.timing import Timing
+
+    samples = [seconds * (1 - spread / 2), seconds, seconds * (1 + spread / 2)]
+    return Result(case, kind, OK, "", case.shape.batch, "numpy/cpu", "", Timing(samples, 1, seconds))
+
+
+def test_a_ratio_above_the_theoretical_limit_is_flagged_with_its_likely_cause():
+    from fffcore.benchmarks.cases import Case
+    from fffcore.benchmarks.comparison import suspect_ratios
+    from fffcore.benchmarks.report import results_to_json
+
+    (shape,) = case_table.shapes_for(["paper"], batches=[1])  # limits 256x (3072) and 341x (4095)
+    fff = _timed(Case(shape, "fff:numba"), "fff", 5e-6)
+    # Dense 3072 at 1000x the FFF time with unsteady samples (another process held a core); 4095 plausible.
+    dense = [
+        _timed(Case(shape, "dense:numpy:3072"), "dense", 5e-3, spread=0.8),
+        _timed(Case(shape, "dense:numpy:4095"), "dense", 1e-3),
+    ]
+    results = [fff, *dense]
+    (suspect,) = suspect_ratios(results, fff)
+    assert suspect["over"] == "dense3072" and suspect["ratio"] == pytest.approx(1000) and suspect["limit"] == 256
+    assert "varied by 40%" in suspect["likely_cause"]  # the interquartile range of 0.6, 1, 1.4 times the median
+    table = format_table(results)
+    assert "1000x?" in table and "200x?" not in table
+    assert "? fff:numba: 1000x over dense3072 is above the theoretical limit 256x" in table
+    entry = results_to_json(results, {}, {})["results"][0]
+    assert entry["suspect"][0]["over"] == "dense3072"
+    assert suspect_ratios(results, dense[0]) == []  # dense rows are never judged against themselves
+
+
+def test_compare_says_other_processes_competed_when_one_kept_a_core_busy(monkeypatch, capsys):
+    from fffcore.benchmarks import machine
+
+    monkeypatch.setattr(machine, "load_average", lambda: (1.0, 1.0, 1.0))  # one other process, spinning
+    assert main(["compare", "--backends", "reference", "--baselines", "none", "--batches", "1", "--quiet"]) == 0
+    assert "other processes competed for the cores" in capsys.readouterr().out
+    monkeypatch.setattr(machine, "load_average", lambda: (0.1, 0.1, 0.1))
+    assert main(["compare", "--backends", "reference", "--baselines", "none", "--batches", "1", "--quiet"]) == 0
+    assert "other processes competed" not in capsys.readouterr().out

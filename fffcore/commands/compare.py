@@ -19,6 +19,8 @@ from typing import Any, TextIO
 #: measured on a 2-core AMD EPYC, numba's first compilation included).
 DEFAULT_BATCHES = "1,128,4096,16384"
 DEFAULT_SHAPES = "paper"
+#: A 1-minute load average before the run at or above this says other processes kept most of a core busy.
+BUSY_LOAD_BEFORE = 0.75
 BASELINES = ("dense", "paper")
 
 
@@ -138,7 +140,9 @@ def run(arguments: argparse.Namespace) -> int:
     print(legend(in_force))
     print(f"{len(cases)} cases in {elapsed:.0f} s")
     if load_before is not None and load_after is not None:
-        busy = max(load_before[0], load_after[0]) > available_cores()
+        # Before the run this process had not started computing, so its load was other processes': most
+        # of a core's worth already slows any timing that wants every core.
+        busy = load_before[0] >= BUSY_LOAD_BEFORE or max(load_before[0], load_after[0]) > available_cores()
         note = (
             "; other processes competed for the cores, so absolute times are inflated: read the ratios" if busy else ""
         )
