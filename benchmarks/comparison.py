@@ -100,6 +100,40 @@ class Result:
         return 1.0 / self.seconds_per_row
 
 
+#: Rates the duration estimate assumes, per thread: a dense layer's multiply-adds (BLAS on one core of a
+#: current x86 server: 20 G per second), and seconds per row of the FFF implementations.
+DENSE_FMA_PER_SECOND = 20e9
+FFF_SECONDS_PER_ROW = {"fff:reference": 15e-6, "paper:torch": 25e-6}
+FFF_SECONDS_PER_ROW_DEFAULT = 2e-6
+
+
+def estimate_seconds(
+    cases: Sequence[Case], row_caps: Mapping[str, int] | None, repeats: int, budget: float, threads: int
+) -> float:
+    """A rough duration of :func:`run_comparison` on ``cases`` (within a factor of two on the machines
+    measured): per case the warm-up, the sampling budget, the calls the minimum of samples needs
+    past the budget, and the first call, from each call's expected time."""
+    from fffcore.benchmarks.cases import ONE_THREAD
+    from fffcore.benchmarks.timing import MIN_REPEATS, WARM_UP_SECONDS
+
+    caps = DEFAULT_ROW_CAPS if row_caps is None else row_caps
+    total = 0.0
+    for case in cases:
+        shape = case.shape
+        rows = min(shape.batch, caps.get(case.implementation, shape.batch))
+        family, _, rest = case.implementation.partition(":")
+        if family == "dense":
+            library, hidden = rest.split(":")
+            used = 1 if library.endswith(ONE_THREAD) else threads
+            call = 2 * rows * int(hidden) * (shape.d_in + shape.d_out) / 2 / (DENSE_FMA_PER_SECOND * used)
+        else:
+            per_row = FFF_SECONDS_PER_ROW.get(case.implementation, FFF_SECONDS_PER_ROW_DEFAULT)
+            call = rows * per_row * shape.trees * (shape.depth + 1) / 12
+        sampled = min(budget, repeats * call) + max(0.0, MIN_REPEATS * call - budget)
+        total += WARM_UP_SECONDS + 2 * call + sampled
+    return total
+
+
 #: ``progress(done, total, label)``: units done of the total (one per warm-up and per sample), and what runs now.
 ProgressCallback = Callable[[int, int, str], None]
 

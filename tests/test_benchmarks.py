@@ -437,3 +437,28 @@ def test_compare_says_other_processes_competed_when_one_kept_a_core_busy(monkeyp
     monkeypatch.setattr(machine, "load_average", lambda: (0.1, 0.1, 0.1))
     assert main(["compare", "--backends", "reference", "--baselines", "none", "--batches", "1", "--quiet"]) == 0
     assert "other processes competed" not in capsys.readouterr().out
+
+
+def test_progress_outside_a_terminal_is_a_line_per_case():
+    import io
+
+    from fffcore.commands.compare import ProgressBar
+
+    stream = io.StringIO()  # not a terminal
+    bar = ProgressBar(stream)
+    for done, label in [(0, "a"), (1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "done")]:
+        bar(done, 6, label)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == ["a", "b", "c", "done"]
+
+
+def test_the_duration_estimate_follows_the_cases_it_is_given():
+    from fffcore.benchmarks.cases import Case
+    from fffcore.benchmarks.comparison import estimate_seconds
+
+    (small, large) = case_table.shapes_for(["paper"], batches=[1, 16384])
+    one_thread = estimate_seconds([Case(large, "dense:numpy-1thread:3072")], None, 7, 1.0, threads=2)
+    two_threads = estimate_seconds([Case(large, "dense:numpy:3072")], None, 7, 1.0, threads=2)
+    assert one_thread > two_threads > estimate_seconds([Case(small, "dense:numpy:3072")], None, 7, 1.0, threads=2)
+    # 16384 x 3072 x 1536 multiply-adds at 20 G/s per thread; 3 samples (the budget spent), 2 untimed calls, the warm-up
+    assert one_thread == pytest.approx(0.5 + 5 * 16384 * 3072 * 1536 / 20e9, rel=1e-6)

@@ -78,7 +78,7 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.gpu_results is not None:
         return print_gpu_results(arguments.gpu_results)
     from fffcore.benchmarks import cases as case_table
-    from fffcore.benchmarks.comparison import add_bandwidth, run_comparison
+    from fffcore.benchmarks.comparison import add_bandwidth, estimate_seconds, run_comparison
     from fffcore.benchmarks.machine import (
         available_cores,
         describe_machine,
@@ -125,6 +125,11 @@ def run(arguments: argparse.Namespace) -> int:
     cases = [c for c in cases if c.implementation.startswith("fff:") or c.implementation.split(":")[0] in baselines]
     row_caps = {"fff:reference": arguments.reference_rows}
     progress = None if arguments.quiet else ProgressBar(sys.stderr)
+    estimate = estimate_seconds(cases, row_caps, arguments.repeats, arguments.budget, threads)
+    print(
+        f"fff compare: {len(cases)} cases, about {_duration(estimate)} (estimated from the layer sizes)",
+        file=sys.stderr,
+    )
     load_before = load_average()
     started = time.perf_counter()
     results = run_comparison(
@@ -202,7 +207,8 @@ def _require_writable(path: str, option: str) -> None:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal; elsewhere a line per tenth of the work (logs stay readable)."""
+    """A one-line progress bar on a terminal; elsewhere a line as each case starts (logs stay readable
+    and never go quiet for longer than one case)."""
 
     WIDTH = 24
 
@@ -210,7 +216,7 @@ class ProgressBar:
         self.stream = stream
         self.started = time.perf_counter()
         self.interactive = stream.isatty()
-        self.last_decile = -1
+        self.last_label = ""
 
     def __call__(self, done: int, total: int, label: str) -> None:
         filled = self.WIDTH * done // max(total, 1)
@@ -218,15 +224,18 @@ class ProgressBar:
         line = (
             f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}% {elapsed:4.0f}s {label}"
         )
-        decile = 10 * done // max(total, 1)
-        if not self.interactive and decile == self.last_decile and done != total:
-            return  # in a log, a line per tenth of the work is enough
-        self.last_decile = decile
+        if not self.interactive and label == self.last_label and done != total:
+            return  # in a log, a line per case
+        self.last_label = label
         if self.interactive:
             self.stream.write("\r\033[K" + line[:200] + ("\n" if done == total else ""))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} minutes"
 
 
 def _names(text: str) -> list[str]:
