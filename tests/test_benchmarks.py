@@ -316,6 +316,14 @@ def test_depth_plot_is_a_png(tmp_path):
     target = tmp_path / "depth.png"
     plot_depth(results, target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each point carries the band the plot shades: the middle half of its samples.
+    from fffcore.benchmarks.plot import depth_lines
+
+    lines, kinds = depth_lines([r for r in results if r.timed])
+    assert set(kinds.values()) == {"fff", "dense"}
+    for points in lines.values():
+        assert [p[0] for p in points] == [0, 1, 2]
+        assert all(low <= median <= high for _, median, low, high in points)
 
 
 # -- the pytest-benchmark suite ---------------------------------------------------------------------------------
