@@ -69,6 +69,12 @@ class BackendInfo:
     description: str = ""
     plugin: str = ""
     broken: bool = False
+    #: The automatic choice's order: higher first among backends that can take a call.
+    priority: int = 0
+    #: The distribution that installed the plugin, with its version ("" for one registered in-process).
+    package: str = ""
+    #: ``Backend.version()``: the version of the library the backend runs on.
+    version: str = ""
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Registry:
 
     backends: dict[str, Backend] = field(default_factory=dict)
     plugin_of: dict[str, str] = field(default_factory=dict)
+    #: Plugin name -> the distribution (and version) that installed it.
+    package_of_plugin: dict[str, str] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
     _availability: dict[str, Availability] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -130,6 +138,9 @@ class Registry:
                     activations=tuple(backend.activations),
                     description=backend.description,
                     plugin=self.plugin_of[name],
+                    priority=backend.priority,
+                    package=self.package_of_plugin.get(self.plugin_of[name], ""),
+                    version=_version_of(backend),
                 )
             )
         for plugin in self.broken:
@@ -181,13 +192,35 @@ def load_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registr
 
     for module_name in BUILTIN_PLUGINS:
         _guarded(result, module_name, lambda m=module_name: plugins.append((m, importlib.import_module(m))))
+        result.package_of_plugin[module_name] = _distribution("fffcore")
     for entry_point in _selected_entry_points():
         _guarded(result, entry_point.name, lambda ep=entry_point: plugins.append((ep.name, ep.load())))
+        dist = getattr(entry_point, "dist", None)
+        if dist is not None:
+            result.package_of_plugin[entry_point.name] = f"{dist.name} {dist.version}"
     plugins.extend(extra_plugins or [])
 
     for plugin_name, plugin in plugins:
         _guarded(result, plugin_name, lambda n=plugin_name, p=plugin: _register_plugin(manager, result, n, p))
     return result
+
+
+def _distribution(name: str) -> str:
+    """``"name version"`` of an installed distribution, or the name alone when its metadata is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{name} {version(name)}"
+    except PackageNotFoundError:
+        return name
+
+
+def _version_of(backend: Backend) -> str:
+    """``backend.version()``, or "" when it raises (a listing must not fail on one backend)."""
+    try:
+        return str(backend.version())
+    except Exception:
+        return ""
 
 
 def _selected_entry_points() -> list[Any]:

@@ -46,6 +46,24 @@ def test_backends_json(use_registry, capsys):
     assert rows["off"]["reason"] == "fakelib is not installed"
 
 
+def test_backends_say_where_each_came_from_its_library_version_and_priority(use_registry, capsys):
+    from importlib.metadata import version
+
+    import numpy as np
+
+    use_registry(("fast", plugin_with(FakeBackend("cpu_fast", priority=1000))))
+    assert main(["backends", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    reference = rows["reference"]
+    assert reference["package"] == f"fffcore {version('fffcore')}" and reference["priority"] == 0
+    assert reference["version"] == np.__version__  # the library it runs on
+    assert rows["cpu_fast"]["priority"] == 1000 and rows["cpu_fast"]["package"] == ""  # registered in-process
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert f"from fffcore {version('fffcore')} (plugin fffcore.reference.plugin); library version" in out
+    assert "from a plugin registered in this process (plugin fast)" in out and "priority 1000" in out
+
+
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "backends" in capsys.readouterr().out

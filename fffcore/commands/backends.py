@@ -34,6 +34,9 @@ def run(arguments: argparse.Namespace) -> int:
         if not row.broken:
             devices = ", ".join(row.devices)
             print(f"{'':<{width}}  arrays: {', '.join(row.array_types)} on {devices}; dtypes: {', '.join(row.dtypes)}")
+            source = f"from {row.package or 'a plugin registered in this process'}"
+            library = f"; library version {row.version}" if row.version else ""
+            print(f"{'':<{width}}  {source} (plugin {row.plugin}){library}; priority {row.priority}")
         if not row.available:
             print(f"{'':<{width}}  why: {row.reason}")
             if row.fix:
