@@ -52,6 +52,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def source_revision() -> str:
+    """The git commit of the fffcore checkout being run (with ``+changes`` when its tracked files
+    differ from it), or the installed version when it is not a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"fffcore {version('fffcore')}"
+        except PackageNotFoundError:
+            return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
 def describe_machine(threads: dict[str, str]) -> dict[str, Any]:
     """CPU, cores, OS, Python, library versions and the thread settings in force."""
     versions = {}
@@ -70,6 +96,7 @@ def describe_machine(threads: dict[str, str]) -> dict[str, Any]:
         "threads": threads,
         "thread_environment": {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
         "load_average": load_average(),
+        "source": source_revision(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

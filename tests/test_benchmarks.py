@@ -470,3 +470,54 @@ def test_the_duration_estimate_follows_the_cases_it_is_given():
     assert one_thread > two_threads > estimate_seconds([Case(small, "dense:numpy:3072")], None, 7, 1.0, threads=2)
     # 16384 x 3072 x 1536 multiply-adds at 20 G/s per thread; 3 samples (the budget spent), 2 untimed calls, the warm-up
     assert one_thread == pytest.approx(0.5 + 5 * 16384 * 3072 * 1536 / 20e9, rel=1e-6)
+
+
+# -- comparing with an earlier run ------------------------------------------------------------------------
+
+
+def test_compare_with_an_earlier_run_reports_and_fails_on_a_regression(tmp_path, capsys):
+    first = tmp_path / "first.json"
+    run = ["compare", "--backends", "reference", "--baselines", "dense", "--batches", "1", "--quiet"]
+    assert main([*run, "--json", str(first)]) == 0
+    earlier = json.loads(first.read_text())
+    assert earlier["machine"]["source"]  # the commit (or version) that was measured
+
+    def scaled(factor):  # the earlier run, its FFF speedups times factor
+        data = json.loads(json.dumps(earlier))
+        for entry in data["results"]:
+            if entry["kind"] == "fff":
+                entry["speedups"] = {k: (v * factor if v else v) for k, v in entry["speedups"].items()}
+        path = tmp_path / f"earlier-{factor}.json"
+        path.write_text(json.dumps(data))
+        return str(path)
+
+    much_faster, much_slower = scaled(1000.0), scaled(0.001)  # far beyond any noise between two runs
+    capsys.readouterr()
+    assert main([*run, "--compare", much_faster]) == 0  # reported, not judged
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  fff:reference "))
+    assert "vs dense3072" in line and "(-100%)" in line and "REGRESSION" not in line
+    assert main([*run, "--compare", much_faster, "--fail-on-regression", "10%"]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    assert main([*run, "--compare", much_slower, "--fail-on-regression", "10%"]) == 0
+    assert "REGRESSION" not in capsys.readouterr().out
+
+
+def test_compare_refuses_a_bad_earlier_file_or_threshold_before_running(tmp_path, capsys):
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    for extra, message in (
+        (["--compare", str(tmp_path / "missing.json")], "--compare: cannot read"),
+        (["--compare", str(tmp_path / "other.json")], "is not an `fff compare --json` file"),
+        (["--fail-on-regression", "10%"], "needs --compare PREVIOUS.json"),
+        (["--compare", str(tmp_path / "other.json"), "--fail-on-regression", "ten"], "is not an"),
+    ):
+        assert main(["compare", "--backends", "reference", "--baselines", "none", *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_regression_threshold_parsing():
+    from fffcore.benchmarks.regression import parse_threshold
+
+    assert parse_threshold("10%") == pytest.approx(0.1) and parse_threshold("2.5") == pytest.approx(0.025)
+    for bad in ("ten", "0", "100%", "-5"):
+        with pytest.raises(ValueError, match="--fail-on-regression: expected a percentage"):
+            parse_threshold(bad)

@@ -67,6 +67,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of time against depth here (runs the depth sweep)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--compare",
+        metavar="PREVIOUS",
+        help="after the table, compare each FFF row's speedup over the best dense layer with this earlier "
+        "`fff compare --json` file",
+    )
+    parser.add_argument(
+        "--fail-on-regression",
+        metavar="PERCENT",
+        help="with --compare: exit 1 when an FFF row's speedup fell by more than this (for example 10%%)",
+    )
+    parser.add_argument(
         "--gpu-results",
         metavar="PATH",
         help="print the table of a GPU benchmark results file (benchmarks/gpu_bench.py) instead of measuring",
@@ -112,6 +123,15 @@ def run(arguments: argparse.Namespace) -> int:
         for option, path in (("--json", arguments.json), ("--plot", arguments.plot)):
             if path is not None:
                 _require_writable(path, option)
+        previous = threshold = None
+        if arguments.fail_on_regression is not None and arguments.compare is None:
+            raise ValueError("--fail-on-regression: needs --compare PREVIOUS.json to compare with")
+        if arguments.compare is not None:
+            from fffcore.benchmarks.regression import parse_threshold, read_results
+
+            previous = read_results(arguments.compare)
+            if arguments.fail_on_regression is not None:
+                threshold = parse_threshold(arguments.fail_on_regression)
     except ValueError as error:
         print(f"fff compare: {error}", file=sys.stderr)
         return 2
@@ -153,6 +173,16 @@ def run(arguments: argparse.Namespace) -> int:
         )
         loads = f"{load_before[0]:.1f}/{load_after[0]:.1f}"
         print(f"load average (1 min) before/after: {loads} on {available_cores()} cores{note}")
+    regressed = False
+    if previous is not None:
+        from fffcore.benchmarks.regression import changes, report
+
+        current = results_to_json(results, {}, {})
+        lines, regressions = report(changes(previous, current), previous, threshold)
+        print("\n".join(lines))
+        regressed = bool(regressions)
+        if regressed:
+            print(f"fff compare: {len(regressions)} FFF rows fell by more than {threshold:.0%}", file=sys.stderr)
     if arguments.json:
         settings = {
             "arguments": {k: v for k, v in vars(arguments).items() if k not in ("func", "command")},
@@ -183,7 +213,7 @@ def run(arguments: argparse.Namespace) -> int:
             return 1
         print(f"wrote {arguments.plot}")
     wrong = [r for r in results if r.status in ("WRONG", "failed")]
-    return 1 if wrong else 0
+    return 1 if wrong or regressed else 0
 
 
 def _require_writable(path: str, option: str) -> None:
