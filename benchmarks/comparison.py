@@ -282,6 +282,9 @@ def speedups(results: Sequence[Result], result: Result) -> dict[str, float | Non
 
 #: Relative spread (interquartile range over the median) above which a timing is called unsteady.
 UNSTEADY_SPREAD = 0.25
+#: Dense layers narrower than this cost mostly their fixed overheads (two BLAS calls and several
+#: activation passes per call), which a limit that counts neurons leaves out.
+NARROW_DENSE = 32
 
 
 def suspect_ratios(results: Sequence[Result], result: Result) -> list[dict[str, Any]]:
@@ -303,14 +306,19 @@ def suspect_ratios(results: Sequence[Result], result: Result) -> list[dict[str, 
                 "over": f"dense{hidden}",
                 "ratio": ratio,
                 "limit": shape.limit(hidden),
-                "likely_cause": _likely_cause(dense, result),
+                "likely_cause": _likely_cause(dense, result, hidden),
             }
         )
     return found
 
 
-def _likely_cause(dense: Result | None, fff: Result) -> str:
+def _likely_cause(dense: Result | None, fff: Result, hidden: int) -> str:
     assert fff.timing is not None
+    if hidden < NARROW_DENSE:
+        return (
+            f"a dense layer of {hidden} neurons costs mostly its fixed overheads (separate matrix products and "
+            "activation passes), which a limit counting neurons leaves out"
+        )
     if dense is not None and dense.timing is not None and dense.timing.spread > UNSTEADY_SPREAD:
         return (
             f"the dense layer's samples varied by {dense.timing.spread:.0%} of their median: it was likely slowed "

@@ -91,8 +91,8 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
         for entry in suspects.values():
             notes.append(
                 f"? {result.case.implementation}: {format_speedup(entry['ratio'])} over {entry['over']} is above "
-                f"the theoretical limit {format_speedup(entry['limit'])}, so it is a measurement problem, not a "
-                f"result: {entry['likely_cause']}"
+                f"the theoretical limit {format_speedup(entry['limit'])}: not a result to quote; likely cause: "
+                f"{entry['likely_cause']}"
             )
         check = "ok" if result.check is not None else "n/a"
         table.append(
@@ -136,8 +136,8 @@ def legend(threads: dict[str, str]) -> str:
     pinned = "; ".join(f"{pool}: {count}" for pool, count in threads.items())
     return (
         "time/call: median over the samples; spread: half the interquartile range, relative to the median; "
-        "rows/s and 'vs' speedups per row, within this run ('?': above the theoretical limit, a measurement "
-        "problem); 'vs dense H' is over the fastest of the numpy and "
+        "rows/s and 'vs' speedups per row, within this run ('?': above the theoretical limit, not a result; "
+        "see the note); 'vs dense H' is over the fastest of the numpy and "
         "torch dense layers of H hidden neurons, each at one thread and at all; check 'ok': the output agrees "
         "with the float64 oracle within derived rounding bounds, 'n/a': a dense layer (another function); "
         "GB/s: the least a call must move (x, y and each visited weight row once) over its time; GFLOP/s: its "
