@@ -45,7 +45,7 @@ def headline_table(results: dict[str, Any]) -> str:
             cells.append(_fff_cell(at_batch.get(name)))
         numba = at_batch.get("fff:numba")
         share = (numba or {}).get("roofline", {}).get("share") if numba else None
-        cells.append(f"{share:.0%}" if share is not None else "-")
+        cells.append("-" if share is None else f"{share:.0%}" + ("?" if share > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

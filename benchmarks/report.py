@@ -94,6 +94,12 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                 f"the theoretical limit {format_speedup(entry['limit'])}: not a result to quote; likely cause: "
                 f"{entry['likely_cause']}"
             )
+        share = result.bandwidth_share
+        if share is not None and share > 1:
+            notes.append(
+                f"? {result.case.implementation}: {100 * share:.0f}% of the measured bandwidth is impossible: the "
+                "bandwidth probe was disturbed (another process held a core while it read); not a result to quote"
+            )
         check = "ok" if result.check is not None else "n/a"
         table.append(
             [
@@ -111,7 +117,7 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                 format_speedup(ratios["reference"]),
                 "-" if result.achieved_bandwidth is None else f"{result.achieved_bandwidth / 1e9:.1f}",
                 "-" if result.achieved_flops is None else f"{result.achieved_flops / 1e9:.1f}",
-                "-" if result.bandwidth_share is None else f"{100 * result.bandwidth_share:.0f}%",
+                "-" if share is None else f"{100 * share:.0f}%" + ("?" if share > 1 else ""),
             ]
         )
     lines = [shape.describe(), f"theoretical limit (dense neurons / visited neurons): {limits}"]
@@ -200,6 +206,7 @@ def results_to_json(results: Sequence[Result], machine: dict[str, Any], settings
                 "measured_with": None if result.bandwidth is None else result.bandwidth[1],
                 "probe_bytes": probe_size(result.traffic.bytes),
                 "share": result.bandwidth_share,
+                "share_impossible": result.bandwidth_share is not None and result.bandwidth_share > 1,
             }
         entries.append(entry)
     return {"format": JSON_FORMAT, "machine": machine, "settings": settings, "shapes": shapes, "results": entries}

@@ -29,6 +29,9 @@ from fffcore.params import FFFParams
 MIN_PROBE_BYTES = 2**20
 #: Repetitions of the bandwidth probe; the fastest counts (the machine's capability, not its noise).
 PROBE_REPEATS = 7
+#: And the probe keeps reading for this long at least: on a shared host one parallel read can wait
+#: for a descheduled thread, and the fastest of many reads is the machine's rate.
+PROBE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,11 @@ def read_bandwidth(nbytes: int) -> tuple[float, str]:
         how = "numpy, 1 thread"
     kernel(values)  # compile (or load) and bring the array into the caches it fits in
     best = float("inf")
-    for _ in range(PROBE_REPEATS):
+    began = time.perf_counter()
+    reads = 0
+    while reads < PROBE_REPEATS or time.perf_counter() - began < PROBE_SECONDS:
         start = time.perf_counter()
         kernel(values)
         best = min(best, time.perf_counter() - start)
+        reads += 1
     return values.nbytes / best, how

@@ -528,3 +528,17 @@ def test_regression_threshold_parsing():
     for bad in ("ten", "0", "100%", "-5"):
         with pytest.raises(ValueError, match="--fail-on-regression: expected a percentage"):
             parse_threshold(bad)
+
+
+def test_a_bandwidth_share_above_one_is_flagged_as_a_disturbed_probe():
+    from fffcore.benchmarks.cases import Case
+    from fffcore.benchmarks.report import results_to_json
+    from fffcore.benchmarks.roofline import Traffic
+
+    (shape,) = case_table.shapes_for(["paper"], batches=[128])
+    fff = _timed(Case(shape, "fff:numba"), "fff", 1e-4)
+    fff.traffic = Traffic(10**7, 10**9, 1000)  # 100 GB/s achieved
+    fff.bandwidth = (25e9, "numba, 2 threads")  # a probe that read only 25 GB/s
+    table = format_table([fff])
+    assert "400%?" in table and "the bandwidth probe was disturbed" in table
+    assert results_to_json([fff], {}, {})["results"][0]["roofline"]["share_impossible"] is True
