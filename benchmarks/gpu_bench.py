@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import platform
@@ -696,7 +697,10 @@ def main(argv: Sequence[str] | None = None, platform_factory: Callable[[], Platf
         report["warps_sweep"] = run_sweep(platform_, max(batches))
     report["target"] = target_summary(results)
     report["grouped_crossover_batch"] = grouped_crossover(results)
-    if arguments.plot is not None and results:
+    if arguments.plot is not None and results and importlib.util.find_spec("matplotlib") is None:
+        report["plot_skipped"] = "matplotlib is not installed; fix: pip install 'fffcore[bench]'"
+        print(f"no plot: {report['plot_skipped']}", file=sys.stderr)
+    elif arguments.plot is not None and results:
         try:
             from fffcore.benchmarks.gpu_plot import plot_gpu
 
