@@ -64,18 +64,18 @@ class Result:
     @property
     def achieved_bandwidth(self) -> float | None:
         """Bytes per second of the least traffic a call must move, at the measured time."""
-        if not self.timed or self.traffic is None:
-            return None
-        assert self.timing is not None
-        return self.traffic.bytes / self.timing.median
+        return self._per_second(lambda traffic: traffic.bytes)
 
     @property
     def achieved_flops(self) -> float | None:
         """Floating-point operations per second a call's least work takes, at the measured time."""
+        return self._per_second(lambda traffic: traffic.flops)
+
+    def _per_second(self, amount: Callable[[Traffic], int]) -> float | None:
         if not self.timed or self.traffic is None:
             return None
         assert self.timing is not None
-        return self.traffic.flops / self.timing.median
+        return amount(self.traffic) / self.timing.median
 
     @property
     def bandwidth_share(self) -> float | None:

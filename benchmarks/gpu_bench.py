@@ -379,30 +379,31 @@ def dry_run_platform() -> Platform:
     )
 
 
+def torch_layer(params: FFFParams, dtype: str, device: str) -> FFFParams:
+    """float32 ``params`` as torch tensors of ``dtype`` on ``device`` (rounded by torch)."""
+    import torch
+
+    # Copies: the parameters' arrays are read-only, which torch tensors cannot express.
+    arrays = (params.w_in, params.b_in, params.w_out)
+    tensors = [None if a is None else torch.from_numpy(np.array(a)).to(device, getattr(torch, dtype)) for a in arrays]
+    return FFFParams(*tensors, params.activation)
+
+
 def bfloat16_layer(params: FFFParams, device: str = "cpu") -> tuple[FFFParams, FFFParams]:
     """float32 ``params`` rounded to bfloat16 by torch: the layer as torch bfloat16 tensors on
     ``device``, and float32 numpy parameters holding exactly its values (for the oracle)."""
-    import torch
-
-    names = ("w_in", "b_in", "w_out")
-    # Copies: the parameters' arrays are read-only, which torch tensors cannot express.
-    tensors = [None if getattr(params, n) is None else torch.from_numpy(np.array(getattr(params, n))) for n in names]
-    rounded = [None if t is None else t.to(device=device, dtype=torch.bfloat16) for t in tensors]
-    exact = [None if t is None else t.float().cpu().numpy() for t in rounded]
-    return FFFParams(*rounded, params.activation), FFFParams(*exact, params.activation)
+    layer = torch_layer(params, "bfloat16", device)
+    arrays = (layer.w_in, layer.b_in, layer.w_out)
+    exact = [None if t is None else t.float().cpu().numpy() for t in arrays]
+    return layer, FFFParams(*exact, params.activation)
 
 
 def torch_backend_call(params: FFFParams, dtype: str, device: str) -> Callable[[Any], Any]:
     """``fffcore.fff`` on fffcore's torch backend, the float32 ``params`` as torch tensors of
     ``dtype`` on ``device`` (inputs: torch tensors of that dtype there)."""
-    import torch
-
     import fffcore
 
-    names = ("w_in", "b_in", "w_out")
-    arrays = [getattr(params, n) for n in names]
-    tensors = [None if a is None else torch.from_numpy(np.array(a)).to(device, getattr(torch, dtype)) for a in arrays]
-    layer = FFFParams(*tensors, params.activation)
+    layer = torch_layer(params, dtype, device)
     return lambda x: fffcore.fff(x, layer, backend="torch")
 
 

@@ -151,20 +151,17 @@ def _pin_numpy_blas(count: int | None) -> str:
             threadpool_limits(limits=count, user_api="blas")  # stays in force for the process
         pools = [f"{p['num_threads']} ({p['internal_api']})" for p in threadpool_info() if p["user_api"] == "blas"]
         return ", ".join(pools) or "no BLAS found by threadpoolctl"
-    for library in _loaded_openblas():
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is None or getter is None:
-                continue
-            if count is not None:
-                setter(ctypes.c_int(count))
-            config = getattr(library, f"{prefix}_get_config{suffix}", None)
-            name = "OpenBLAS"
-            if config is not None:
-                config.restype = ctypes.c_char_p
-                name = config().decode(errors="replace").split("  ")[0]
-            return f"{getter()} ({name})"
+    found = _openblas_thread_symbols()
+    if found is not None:
+        library, prefix, suffix, getter, setter = found
+        if count is not None:
+            setter(ctypes.c_int(count))
+        config = getattr(library, f"{prefix}_get_config{suffix}", None)
+        name = "OpenBLAS"
+        if config is not None:
+            config.restype = ctypes.c_char_p
+            name = config().decode(errors="replace").split("  ")[0]
+        return f"{getter()} ({name})"
     return "not pinned (no threadpoolctl, no OpenBLAS found): set OPENBLAS_NUM_THREADS/OMP_NUM_THREADS before starting"
 
 
@@ -174,12 +171,10 @@ def blas_thread_functions() -> tuple[Callable[[], int], Callable[[int], None]]:
     OpenBLAS's own functions where numpy loaded OpenBLAS (a microsecond through ctypes), else
     threadpoolctl's (slower: it looks the libraries up on every call).
     """
-    for library in _loaded_openblas():
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is not None and getter is not None:
-                return _openblas_functions(getter, setter)
+    found = _openblas_thread_symbols()
+    if found is not None:
+        _, _, _, getter, setter = found
+        return (lambda: int(getter())), (lambda count: setter(ctypes.c_int(count)))
     from threadpoolctl import threadpool_info, threadpool_limits
 
     def get() -> int:
@@ -188,8 +183,16 @@ def blas_thread_functions() -> tuple[Callable[[], int], Callable[[int], None]]:
     return get, lambda count: threadpool_limits(limits=count, user_api="blas") and None
 
 
-def _openblas_functions(getter: Any, setter: Any) -> tuple[Callable[[], int], Callable[[int], None]]:
-    return (lambda: int(getter())), (lambda count: setter(ctypes.c_int(count)))
+def _openblas_thread_symbols() -> tuple[ctypes.CDLL, str, str, Any, Any] | None:
+    """``(library, prefix, suffix, get_num_threads, set_num_threads)`` of the first OpenBLAS mapped
+    into this process that has them (numpy wheels name them ``scipy_openblas*64_``), or None."""
+    for library in _loaded_openblas():
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                return library, prefix, suffix, getter, setter
+    return None
 
 
 def _loaded_openblas() -> list[ctypes.CDLL]:

@@ -331,11 +331,20 @@ __device__ __forceinline__ void forward_row(const RowInput& input, const scalar_
     __syncwarp();
 }
 
+// This warp's slices of the block's dynamic shared memory: all warps' activated logits first
+// (warps * entries compute_t, so 8-byte aligned for float64), then all warps' int32 nodes, as
+// kernel_plan.shared_bytes_for() sizes it.
+__device__ __forceinline__ void warp_path_slices(unsigned char* shared, int warp, int warps, int entries,
+                                                 compute_t** acts, int** path) {
+    *acts = reinterpret_cast<compute_t*>(shared) + static_cast<long long>(warp) * entries;
+    *path = reinterpret_cast<int*>(shared + sizeof(compute_t) * static_cast<long long>(warps) * entries) +
+            static_cast<long long>(warp) * entries;
+}
+
 // Fused FFF: y[row] (=, or += when accumulate) sum over trees [tree_begin, tree_begin + tree_count)
 // and levels of act(logit) * w_out[tree, node], one warp per row, rows in order.
 //
-// Dynamic shared memory: acts (warps * tree_count * levels compute_t) followed by
-// nodes (warps * tree_count * levels int), as kernel_plan.shared_bytes_for() sizes it.
+// Dynamic shared memory: every warp's path (warp_path_slices).
 extern "C" __global__ void __launch_bounds__(FFF_WARPS_PER_BLOCK * FFF_WARP)
 fff_forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in, const scalar_t* __restrict__ b_in,
             const scalar_t* __restrict__ w_out, scalar_t* __restrict__ y, long long rows, int depth, int d_in,
@@ -344,10 +353,9 @@ fff_forward(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in, c
     const int lane = static_cast<int>(threadIdx.x) % FFF_WARP;
     const int warp = static_cast<int>(threadIdx.x) / FFF_WARP;
     const int warps = static_cast<int>(blockDim.x) / FFF_WARP;
-    const int entries = tree_count * (depth + 1);
-    compute_t* acts = reinterpret_cast<compute_t*>(fff_shared) + static_cast<long long>(warp) * entries;
-    int* path = reinterpret_cast<int*>(fff_shared + sizeof(compute_t) * static_cast<long long>(warps) * entries) +
-                static_cast<long long>(warp) * entries;
+    compute_t* acts;
+    int* path;
+    warp_path_slices(fff_shared, warp, warps, tree_count * (depth + 1), &acts, &path);
 
     for (long long row = static_cast<long long>(blockIdx.x) * warps + warp; row < rows;
          row += static_cast<long long>(gridDim.x) * warps) {
@@ -416,10 +424,9 @@ fff_forward_sorted(const scalar_t* __restrict__ x, const scalar_t* __restrict__ 
     const int lane = static_cast<int>(threadIdx.x) % FFF_WARP;
     const int warp = static_cast<int>(threadIdx.x) / FFF_WARP;
     const int warps = static_cast<int>(blockDim.x) / FFF_WARP;
-    const int entries = tree_count * (depth + 1);
-    compute_t* acts = reinterpret_cast<compute_t*>(fff_shared) + static_cast<long long>(warp) * entries;
-    int* path = reinterpret_cast<int*>(fff_shared + sizeof(compute_t) * static_cast<long long>(warps) * entries) +
-                static_cast<long long>(warp) * entries;
+    compute_t* acts;
+    int* path;
+    warp_path_slices(fff_shared, warp, warps, tree_count * (depth + 1), &acts, &path);
 
     for (long long i = static_cast<long long>(blockIdx.x) * warps + warp; i < rows;
          i += static_cast<long long>(gridDim.x) * warps) {

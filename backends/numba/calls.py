@@ -66,10 +66,10 @@ class ThreadChoice:
     forth). The other variant is tried again once :data:`RETRY_RATIO` times its expected call
     time has passed since it last ran (between :data:`RETRY_MIN_S` and :data:`RETRY_MAX_S`),
     so it is re-measured at a cost of about 5% of the time at most, and a machine whose load
-    changes is followed within a fraction of a second. A parallel call that is the first of its size class, or right
-    after serial ones, may find numba's helper threads asleep or not yet started (they sleep
-    after a fraction of a millisecond without work), so it is not counted, and the next call
-    runs parallel too and is.
+    changes is followed within a fraction of a second. A parallel call that is the first of its
+    size class, or right after serial ones, may find numba's helper threads asleep or not yet
+    started (they sleep after a fraction of a millisecond without work), so it is not counted,
+    and the next call runs parallel too and is.
     """
 
     SAMPLES = 8
@@ -156,14 +156,13 @@ def _run(kernel: Callable[[bool], Any], rows: int, params: FFFParams, name: str,
     choice = thread_choice(params)
     parallel = choice.parallel(rows)
     what = name + (" parallel" if parallel else " serial")
+    compiled = (what, dtype) in _first_calls_seen  # a kernel's first call may compile: not timed
     start = time.perf_counter()
     if parallel:
         forking.note_started("numba")
     result = _in_pool(parallel or serial_in_pool, what, dtype, lambda: kernel(parallel))
-    if (what, dtype) in _timed_kernels:  # not the first call, which may have compiled
+    if compiled:
         choice.record(rows, parallel, time.perf_counter() - start)
-    else:
-        _timed_kernels.add((what, dtype))
     return result
 
 
@@ -176,9 +175,6 @@ def _in_pool(enters_pool: bool, what: str, dtype: str, call: Callable[[], Any]) 
         result = _first_call(what, dtype, call)
         _layer_is_thread_safe = _threading_layer() in _THREAD_SAFE_LAYERS
         return result
-
-
-_timed_kernels: set[tuple[str, str]] = set()
 
 
 def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
