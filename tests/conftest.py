@@ -64,3 +64,11 @@ def use_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., regi
 
     yield install
     selection.forget_automatic_choices()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--docs-full",
+        action="store_true",
+        help="tests/test_docs.py: run the documented commands that take minutes as written, not short of that",
+    )

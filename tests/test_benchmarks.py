@@ -7,6 +7,7 @@ here; these tests only check that it collects and that a tiny case runs.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -307,6 +308,27 @@ def test_fff_compare_rejects_bad_arguments(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_fff_compare_dry_run_lists_the_cases_and_times_nothing(use_registry, tmp_path, capsys, monkeypatch):
+    use_registry(("off", plugin_with(FakeBackend("off", available=False))))
+    import fffcore.benchmarks.comparison as comparison
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--dry-run timed something")
+
+    monkeypatch.setattr(comparison, "run_comparison", must_not_run)
+    target = tmp_path / "run.json"
+    arguments = ["compare", "--dry-run", "--backends", "all", "--shapes", "tiny", "--json", str(target)]
+    assert main(arguments) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"fff compare: \d+ cases, about", captured.err)
+    listed = captured.out.splitlines()
+    assert any(line.split()[-1] == "fff:reference" for line in listed)
+    assert any("fff:off  skipped: fakelib is not installed; fix: pip install fakelib" in line for line in listed)
+    assert any("dense:numpy-1thread" in line for line in listed)
+    assert not target.exists()  # nothing written
+    assert main(["compare", "--dry-run", "--shapes", "papr"]) == 2  # arguments are still checked
+
+
 def test_depth_plot_is_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     from fffcore.benchmarks.plot import plot_depth
@@ -542,3 +564,46 @@ def test_a_bandwidth_share_above_one_is_flagged_as_a_disturbed_probe():
     table = format_table([fff])
     assert "400%?" in table and "the bandwidth probe was disturbed" in table
     assert results_to_json([fff], {}, {})["results"][0]["roofline"]["share_impossible"] is True
+
+
+def test_best_dense_is_the_fastest_of_every_dense_variant_at_one_thread_and_at_all():
+    from fffcore.benchmarks.cases import Case
+    from fffcore.benchmarks.comparison import best_dense, speedups
+
+    (shape,) = case_table.shapes_for(["paper"], batches=[1])
+    assert {i for i in case_table.implementations_for(shape) if i.startswith("dense:") and i.endswith(":3072")} == {
+        "dense:numpy:3072",
+        "dense:torch:3072",
+        "dense:numpy-1thread:3072",
+        "dense:torch-1thread:3072",
+    }
+    fff = _timed(Case(shape, "fff:numba"), "fff", 5e-6)
+    dense = [
+        _timed(Case(shape, "dense:numpy:3072"), "dense", 4e-4),
+        _timed(Case(shape, "dense:torch:3072"), "dense", 5e-4),
+        _timed(Case(shape, "dense:numpy-1thread:3072"), "dense", 2e-4),  # faster at batch 1: no thread hand-off
+        _timed(Case(shape, "dense:torch-1thread:3072"), "dense", 3e-4),
+    ]
+    assert best_dense([fff, *dense], shape, 3072) is dense[2]
+    assert speedups([fff, *dense], fff)["dense3072"] == pytest.approx(40)
+
+
+def test_one_thread_dense_layers_really_run_on_one_thread():
+    from fffcore.benchmarks.implementations import thread_setter
+    from fffcore.benchmarks.machine import blas_thread_functions
+
+    get_blas, _ = blas_thread_functions()
+    set_numpy = thread_setter("numpy")
+    previous = set_numpy(1)
+    try:
+        assert get_blas() == 1
+    finally:
+        set_numpy(previous)
+    assert get_blas() == previous
+    torch = pytest.importorskip("torch")
+    set_torch = thread_setter("torch")
+    previous = set_torch(1)
+    try:
+        assert torch.get_num_threads() == 1
+    finally:
+        set_torch(previous)

@@ -82,3 +82,14 @@ def test_module_entry_point_runs():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("fffcore ")
+
+
+def test_backends_json_into_a_closed_pipe_stops_quietly():
+    # `fff backends --json | head -1`, where head has exited before fff writes: the write fails with EPIPE.
+    script = "import sys; from fffcore.cli import main; sys.exit(main(['backends', '--json']))"
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert writer.stdout is not None
+    writer.stdout.close()  # the reader is gone long before fff has imported and writes
+    _, error = writer.communicate(timeout=120)
+    assert b"BrokenPipeError" not in error and b"Traceback" not in error, error.decode()
+    assert writer.returncode == 1

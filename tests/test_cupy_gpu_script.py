@@ -166,16 +166,16 @@ def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: P
             # failed for the right reason: `fff check cupy` ran and said why cupy cannot run here
             assert steps[name]["status"] == "failed", steps[name]
             assert "backend 'cupy' is unavailable" in steps[name]["log_tail"], steps[name]
-        assert run.returncode == 1
     if not _torch_cuda_runs_here():
         assert steps["torch_module"]["status"] == "failed" and "no CUDA device" in steps["torch_module"]["log_tail"]
         assert steps["check_torch_cuda"]["status"] == "failed", steps["check_torch_cuda"]
         assert "nothing can run on cuda here" in steps["check_torch_cuda"]["log_tail"], steps["check_torch_cuda"]
-        assert run.returncode == 1
     else:
         assert steps["check_torch_cuda"]["status"] == "passed", steps["check_torch_cuda"]
     assert len(report["results"]) == 4, run.stdout + run.stderr  # the benchmark ran after the failed step
     assert "results:" in run.stdout
+    # A dry run expects the GPU steps to fail; it exits 0 when the rest passed, so a rehearsal can pass.
+    assert run.returncode == 0, run.stdout[-3000:]
 
 
 def _cupy_runs_here() -> bool:

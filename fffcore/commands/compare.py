@@ -67,6 +67,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of time against depth here (runs the depth sweep)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the arguments, list the cases and the estimated duration, and stop without timing anything",
+    )
+    parser.add_argument(
         "--compare",
         metavar="PREVIOUS",
         help="after the table, compare each FFF row's speedup over the best dense layer with this earlier "
@@ -150,6 +155,9 @@ def run(arguments: argparse.Namespace) -> int:
         f"fff compare: {len(cases)} cases, about {_duration(estimate)} (estimated from the layer sizes)",
         file=sys.stderr,
     )
+    if arguments.dry_run:
+        print(_case_plan(cases, row_caps))
+        return 0
     load_before = load_average()
     started = time.perf_counter()
     results = run_comparison(
@@ -214,6 +222,23 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"wrote {arguments.plot}")
     wrong = [r for r in results if r.status in ("WRONG", "failed")]
     return 1 if wrong or regressed else 0
+
+
+def _case_plan(cases: list[Any], row_caps: dict[str, int]) -> str:
+    """One line per case that a run would time, in the order it would time them (``--dry-run``), with
+    what a run would skip and why."""
+    from fffcore.benchmarks.implementations import availability
+
+    reasons = {implementation: availability(implementation) for implementation in {c.implementation for c in cases}}
+    lines = []
+    for case in cases:
+        shape = case.shape
+        cap = row_caps.get(case.implementation)
+        note = f"  timed on {cap} of its rows" if cap is not None and cap < shape.batch else ""
+        if reasons[case.implementation]:
+            note = f"  skipped: {reasons[case.implementation]}"
+        lines.append(f"{shape.family:6} {shape.id:26} {case.implementation}{note}")
+    return "\n".join(lines)
 
 
 def _require_writable(path: str, option: str) -> None:
