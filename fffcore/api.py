@@ -42,7 +42,8 @@ def cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
 
     Args:
         x: (..., d_in) real floating array (numpy, torch or cupy; lists become
-            numpy). Any leading dimensions, including zero-length ones.
+            numpy). Any leading dimensions, including zero-length ones. A Dask array
+            gives lazy Dask arrays (:mod:`fffcore.dask_arrays`).
         params: the layer.
         backend: a backend name; None follows :mod:`fffcore.selection`.
 
@@ -51,6 +52,10 @@ def cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
         ``nodes`` (..., K, D+1) int64, in the array type of ``x`` and on its device
         (see :mod:`fffcore.bridging` for arrays a backend takes through a bridge).
     """
+    if array_type(x) == "dask":
+        from fffcore.dask_arrays import dask_cmm
+
+        return CMMResult(*dask_cmm(x, params, backend))
     x = _as_array(x)
     if array_type(x) == "torch":
         _refuse_torch_tracing("cmm")
@@ -62,6 +67,7 @@ def fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
 
     Args:
         x: (..., d_in) real floating array (numpy, torch or cupy; lists become numpy).
+            A Dask array gives a lazy Dask array (:mod:`fffcore.dask_arrays`).
         params: the layer.
         backend: a backend name; None follows :mod:`fffcore.selection`.
 
@@ -69,6 +75,10 @@ def fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
         (..., d_out) array in ``params.dtype``, in the array type of ``x`` and on its device.
         The result never carries an autograd graph: FFF layers here are for inference.
     """
+    if array_type(x) == "dask":
+        from fffcore.dask_arrays import dask_fff
+
+        return dask_fff(x, params, backend)
     x = _as_array(x)
     if array_type(x) == "torch":
         _refuse_torch_tracing("fff")

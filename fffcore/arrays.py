@@ -68,3 +68,18 @@ def numpy_rows(x: Any, dtype: str) -> Any:
     import numpy as np
 
     return np.ascontiguousarray(x, dtype=dtype)
+
+
+def host_values(array: Any) -> Any:
+    """A numpy array holding ``array``'s values bit for bit (bfloat16 as its 16-bit patterns): to hash or save."""
+    kind = array_type(array)
+    if kind == "numpy":
+        return array
+    if kind == "cupy":
+        return array.get()
+    if kind == "torch":
+        import torch
+
+        host = array.detach().cpu()
+        return (host.view(torch.int16) if host.dtype == torch.bfloat16 else host).numpy()
+    raise TypeError(f"expected a numpy, torch or cupy array, got {kind}")

@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fffcore.commands.compare",
     "fffcore.commands.check",
     "fffcore.commands.warmup",
+    "fffcore.commands.apply",
 )
 
 

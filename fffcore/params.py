@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
@@ -187,6 +188,19 @@ class FFFParams:
             self.activation,
             copy=False,  # the arrays are new and nobody else holds them
         )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this layer to ``path`` as a layer file (safetensors; see :mod:`fffcore.layer_file`)."""
+        from fffcore.layer_file import save_params
+
+        save_params(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FFFParams:
+        """The layer in the layer file ``path`` (written by :meth:`save`), in numpy arrays (torch for bfloat16)."""
+        from fffcore.layer_file import load_params
+
+        return load_params(path)
 
     def with_activation(self, activation: str) -> FFFParams:
         """The same weights with another activation (no copy)."""

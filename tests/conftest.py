@@ -72,3 +72,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="tests/test_docs.py: run the documented commands that take minutes as written, not short of that",
     )
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A client of a real ``distributed.LocalCluster``: 2 worker processes of 1 thread each, on the loopback address."""
+    pytest.importorskip("distributed", reason="the Dask cluster tests need distributed: pip install 'fffcore[dask]'")
+    from fffcore.apply import local_client
+
+    client = local_client(workers=2, threads_per_worker=1)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()

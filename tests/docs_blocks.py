@@ -4,6 +4,8 @@ A block is marked with an HTML comment on the line before its opening fence:
 
 - ``<!-- docs-test: needs a GPU -->``: it runs only where CUDA is (skipped elsewhere);
 - ``<!-- docs-test: needs PATH -->``: it needs a file or package the same page says how to make;
+- ``<!-- docs-test: needs a Dask scheduler -->``: it runs against a local cluster the test starts, whose
+  address replaces the placeholder ``tcp://SCHEDULER:8786``;
 - ``<!-- NAME:start -->``: a README set-up command that ``.ci/run`` runs as written.
 """
 

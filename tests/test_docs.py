@@ -31,6 +31,9 @@ import tomllib
 from .docs_blocks import GPU_MARKER, LANGUAGES, PAGES, REPO, SHELL_LANGUAGES, Block, Command, all_blocks, commands
 
 BLOCKS = all_blocks()
+#: Commands run against a scheduler: the test starts a local cluster and puts its address in place of the placeholder.
+SCHEDULER_MARKER = "needs a Dask scheduler"
+SCHEDULER_PLACEHOLDER = "tcp://SCHEDULER:8786"
 #: How a long documented command is checked by default, by the longest prefix of its words. Durations
 #: measured on the 2-core development machine.
 LONG_COMMANDS: dict[str, str] = {
@@ -111,8 +114,12 @@ def test_every_block_has_a_language_the_test_knows() -> None:
 
 
 def test_blocks_are_excused_only_for_a_gpu_or_a_file_the_page_makes() -> None:
+    """A scheduler is not an excuse: those commands run against a local one."""
     for block in (b for b in BLOCKS if b.need is not None):
         if block.need == GPU_MARKER:
+            continue
+        if block.need == SCHEDULER_MARKER:
+            assert SCHEDULER_PLACEHOLDER in block.code, f"{block.where}: name the scheduler {SCHEDULER_PLACEHOLDER}"
             continue
         assert block.need.startswith("needs "), f"{block.where}: unknown marker {block.need!r}"
         made = block.need.removeprefix("needs ").split()[0]
@@ -139,32 +146,55 @@ def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:
 PYTHON_PAGES = sorted({block.page for block in BLOCKS if block.language == "python"})
 
 
-@pytest.mark.parametrize("page", PYTHON_PAGES, ids=[str(p.relative_to(REPO)) for p in PYTHON_PAGES])
-def test_python_blocks_run_in_order(
-    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_modules: None
-) -> None:
+#: Pages whose Python blocks have run in the scratch checkout: the number that ran, or the failure.
+_PAGE_RUNS: dict[Path, tuple[int, str | None]] = {}
+
+
+def run_python_blocks(page: Path, checkout: Path) -> tuple[int, str | None]:
+    """Run ``page``'s Python blocks once, in order, in one namespace, from the scratch checkout (where the
+    page's shell commands run too, so files a block makes are there for them): (blocks run, failure)."""
+    if page in _PAGE_RUNS:
+        return _PAGE_RUNS[page]
     blocks = [b for b in BLOCKS if b.page == page and b.language == "python"]
-    if any("torch" in b.code for b in blocks):
-        pytest.importorskip("torch", reason="these blocks need PyTorch: pip install -e '.[torch]'")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
     for block in blocks + [b for b in BLOCKS if b.page == page and b.language == "toml"]:
         first = block.code.splitlines()[0]
         if first.startswith("# ") and first.endswith((".py", ".toml")) and "/" in first:
-            target = tmp_path / first.removeprefix("# ").strip()
+            target = checkout / first.removeprefix("# ").strip()
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(block.code, encoding="utf-8")
             (target.parent / "__init__.py").touch()
     namespace: dict[str, object] = {"__name__": "docs_example"}
-    ran = 0
-    for block in blocks:
-        if block.need == GPU_MARKER and not gpu_here():
-            continue
-        try:
-            exec(compile(block.code, block.where, "exec"), namespace)
-        except Exception as error:
-            pytest.fail(f"{block.where}: the block raised {type(error).__name__}: {error}")
-        ran += 1
+    ran, failure = 0, None
+    here, path = os.getcwd(), list(sys.path)
+    os.chdir(checkout)
+    sys.path.insert(0, str(checkout))
+    try:
+        for block in blocks:
+            if block.need == GPU_MARKER and not gpu_here():
+                continue
+            try:
+                exec(compile(block.code, block.where, "exec"), namespace)
+            except Exception as error:
+                failure = f"{block.where}: the block raised {type(error).__name__}: {error}"
+                break
+            ran += 1
+    finally:
+        os.chdir(here)
+        sys.path[:] = path
+    _PAGE_RUNS[page] = (ran, failure)
+    return ran, failure
+
+
+@pytest.mark.parametrize("page", PYTHON_PAGES, ids=[str(p.relative_to(REPO)) for p in PYTHON_PAGES])
+def test_python_blocks_run_in_order(page: Path, checkout: Path, fresh_modules: None) -> None:
+    blocks = [b for b in BLOCKS if b.page == page and b.language == "python"]
+    if any("torch" in b.code for b in blocks):
+        pytest.importorskip("torch", reason="these blocks need PyTorch: pip install -e '.[torch]'")
+    if any("dask" in b.code for b in blocks):
+        pytest.importorskip("dask.array", reason="these blocks need Dask: pip install -e '.[dask]'")
+    ran, failure = run_python_blocks(page, checkout)
+    if failure is not None:
+        pytest.fail(failure)
     if ran == 0:
         pytest.skip(f"every Python block of {page.name} needs a GPU")
 
@@ -192,14 +222,20 @@ SHELL_COMMANDS = [
 def test_shell_commands_run(block: Block, command: Command, checkout: Path, request: pytest.FixtureRequest) -> None:
     if block.need == GPU_MARKER and not gpu_here():
         pytest.skip(f"{block.where} needs a GPU")
-    if block.need is not None and block.need != GPU_MARKER:
+    if block.need is not None and block.need not in (GPU_MARKER, SCHEDULER_MARKER):
         pytest.skip(f"{block.where} {block.need}")
+    if any(b.page == block.page and b.language == "python" for b in BLOCKS):
+        _, failure = run_python_blocks(block.page, checkout)  # files the page's code made, for its commands
+        assert failure is None, failure
     if command.argv[:2] == ["pip", "install"]:
         check_pip_install(command, block.where)
         return
     full = request.config.getoption("--docs-full")
     mode = "run" if full else long_mode(command)
     argv = list(command.argv)
+    if block.need == SCHEDULER_MARKER:  # the documented placeholder address, pointed at a real local scheduler
+        address = request.getfixturevalue("dask_client").scheduler.address
+        argv = [word.replace(SCHEDULER_PLACEHOLDER, address) for word in argv]
     if mode == "dry-run":
         argv.append("--dry-run")
     elif mode == "collect":

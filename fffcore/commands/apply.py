@@ -1,0 +1,188 @@
+"""``fff apply``: run one FFF layer over an array on disk, writing Zarr, on this machine or a Dask cluster.
+
+The machinery lives in :mod:`fffcore.apply`; this module parses arguments, checks every file before any
+work starts, shows progress and prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "apply",
+        help="run an FFF layer over an array on disk (Zarr or .npy) and write the result to Zarr, resumably",
+        description=(
+            "Run one FFF layer over every row of INPUT (a Zarr array or a .npy file of shape (rows, d_in)) and "
+            "write OUTPUT, a Zarr array (rows, d_out), chunk by chunk on a Dask cluster: a new one of local "
+            "worker processes, or the one at --scheduler. Each output chunk is written whole or not at all; "
+            "--resume computes only the chunks an interrupted run left missing."
+        ),
+    )
+    parser.add_argument("layer", help="a layer file (FFFParams.save), or with --prefix an UltraFastBERT checkpoint")
+    parser.add_argument("input", help="a Zarr array or a .npy file of shape (rows, d_in)")
+    parser.add_argument("output", help="the Zarr array to write (a folder); on a cluster, a path every worker sees")
+    parser.add_argument(
+        "--prefix", help="read the layer under this key prefix of a state dict ('encoder.layers.0.ffn.')"
+    )
+    parser.add_argument("--depth", type=int, help="with --prefix: the trees' depth, where the weights do not say")
+    parser.add_argument("--trees", type=int, help="with --prefix: the number of trees (UltraFastBERT's parallel_size)")
+    parser.add_argument("--activation", help="with --prefix: the activation (default gelu)")
+    parser.add_argument("--backend", help="the fffcore backend every chunk uses (default: chosen per chunk)")
+    parser.add_argument(
+        "--chunk-rows", type=int, help="rows per output chunk and task (default: the input's, or 64 MiB)"
+    )
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    parser.add_argument("--threads-per-worker", type=int, default=1, help="threads of each local worker (default 1)")
+    parser.add_argument("--resume", action="store_true", help="compute only the chunks an interrupted run left missing")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    parser.add_argument("--no-compression", action="store_true", help="store the output chunks uncompressed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from fffcore import apply
+
+    try:
+        apply.require_dask()
+    except ImportError as error:
+        print(f"fff apply: {error}", file=sys.stderr)
+        return 2
+    try:
+        params = _layer(arguments)
+        _check_backend(params, arguments.backend)
+        for option in ("chunk_rows", "workers", "threads_per_worker"):
+            value = getattr(arguments, option)
+            if value is not None and value < 1:
+                raise apply.ApplyError(f"--{option.replace('_', '-')}: expected a positive integer, got {value}")
+        if arguments.resume and arguments.overwrite:
+            raise apply.ApplyError("--resume and --overwrite: choose one")
+        source = apply.open_input(arguments.input, params)
+        plan = apply.prepare_output(
+            arguments.output,
+            source,
+            params,
+            arguments.chunk_rows,
+            resume=arguments.resume,
+            overwrite=arguments.overwrite,
+            compression=not arguments.no_compression,
+        )
+    except (ValueError, TypeError) as error:
+        print(f"fff apply: {error}", file=sys.stderr)
+        return 2
+    if not plan.missing:
+        apply.mark_complete(plan)
+        print(f"fff apply: nothing to do: all {plan.chunks} chunks of {plan.output} are written")
+        return 0
+    try:
+        client = _client(arguments)
+    except OSError as error:
+        print(f"fff apply: cannot reach the scheduler {arguments.scheduler}: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"fff apply: {source.shape[0]} rows in {plan.chunks} chunks of {plan.chunk_rows} rows"
+        + (f", {plan.done} written before" if plan.done else "")
+        + f"; {len(client.scheduler_info(n_workers=-1)['workers'])} workers",
+        file=sys.stderr,
+    )
+    progress = None if arguments.quiet else _progress(sys.stderr)
+    try:
+        summary = apply.run(client, source, params, plan, arguments.backend, progress)
+    except Exception as error:  # a chunk failed on a worker: what is written stays written
+        print(
+            f"fff apply: a chunk failed ({type(error).__name__}: {error}); the chunks written so far are kept: "
+            "run again with --resume",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        _close(client)
+    print(
+        f"fff apply: {summary.rows} rows ({summary.chunks_computed} chunks computed, {summary.chunks_before} "
+        f"written before) in {summary.seconds:.1f} s: {summary.rows_per_second:,.0f} rows/s on "
+        f"{summary.workers} workers -> {plan.output}"
+    )
+    return 0
+
+
+def _layer(arguments: argparse.Namespace) -> Any:
+    from fffcore.apply import ApplyError
+    from fffcore.params import FFFParams
+
+    path = arguments.layer
+    if not os.path.exists(path):
+        raise ApplyError(f"layer {path}: no such file")
+    if arguments.prefix is None:
+        for option in ("depth", "trees", "activation"):
+            if getattr(arguments, option) is not None:
+                raise ApplyError(f"--{option}: only with --prefix (a layer file records its own shape and activation)")
+        try:
+            return FFFParams.load(path)
+        except ValueError as error:
+            raise ApplyError(f"layer {error}") from None
+    from fffcore.ultrafastbert import load_state_dict, params_from_state_dict
+
+    try:
+        state = load_state_dict(path)
+        return params_from_state_dict(
+            state,
+            arguments.prefix,
+            depth=arguments.depth,
+            trees=arguments.trees,
+            activation=arguments.activation or "gelu",
+        )
+    except (ImportError, OSError, RuntimeError, KeyError) as error:
+        raise ApplyError(f"layer {path}: {error}") from None
+
+
+def _check_backend(params: Any, backend: str | None) -> None:
+    """A zero-row call: every check of a real call (the backend exists and is available, takes the layer's
+    dtype and activation) before a worker starts."""
+    import numpy as np
+
+    from fffcore.api import fff
+    from fffcore.registry import BackendUnavailableError, UnknownBackendError
+
+    try:
+        fff(np.empty((0, params.d_in), dtype=params.dtype), params, backend=backend)
+    except (UnknownBackendError, BackendUnavailableError) as error:
+        raise ValueError(f"--backend: {error}") from None
+
+
+def _client(arguments: argparse.Namespace) -> Any:
+    from fffcore.apply import local_client
+
+    if arguments.scheduler is not None:
+        from distributed import Client
+
+        return Client(arguments.scheduler, timeout=10)
+    return local_client(arguments.workers or os.cpu_count() or 1, arguments.threads_per_worker)
+
+
+def _close(client: Any) -> None:
+    cluster = client.cluster  # None for a scheduler this command did not start
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _progress(stream: Any) -> Any:
+    """The progress bar of ``fff compare``, moved on at each chunk on a terminal and every 5% elsewhere."""
+    from fffcore.commands.compare import ProgressBar
+
+    bar = ProgressBar(stream)
+    shown = [-1]
+
+    def update(done: int, total: int) -> None:
+        step = 20 * done // total
+        if bar.interactive or step != shown[0] or done == total:
+            shown[0] = step
+            bar(done, total, f"{done}/{total} chunks")
+
+    return update
