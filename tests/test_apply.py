@@ -16,6 +16,8 @@ import pytest
 import fffcore
 from fffcore.cli import main
 
+from .test_dask_cluster import params_fetches
+
 zarr = pytest.importorskip("zarr", reason="fff apply needs zarr: pip install 'fffcore[dask]'")
 pytest.importorskip("distributed", reason="fff apply needs distributed: pip install 'fffcore[dask]'")
 
@@ -41,7 +43,10 @@ def test_apply_writes_the_layer_output_to_zarr(files, tmp_path, dask_client, sou
     out = tmp_path / "y.zarr"
     arguments = ["apply", str(files["layer"]), str(files[source]), str(out)]
     arguments += ["--scheduler", dask_client.scheduler.address]
+    before = params_fetches(dask_client)
     assert main([*arguments, "--backend", "reference", "--quiet"]) == 0
+    after = params_fetches(dask_client)
+    assert all(after[w] - before.get(w, 0) <= 1 for w in after), (before, after)  # the layer once per worker
     written = zarr.open_array(str(out), mode="r")
     np.testing.assert_array_equal(written[:], expected_output(files, "reference"))
     assert written.chunks[0] == (700 if source == "zarr" else written.shape[0])  # a Zarr input's own row chunks
