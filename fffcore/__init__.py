@@ -12,6 +12,7 @@ for how a backend is chosen, and :mod:`fffcore.hookspecs` for writing one.
 from fffcore import forking as _forking  # noqa: F401  (registers the at-fork handler on import)
 from fffcore.api import CMMResult, cmm, fff
 from fffcore.backend import Availability, Backend
+from fffcore.backward import FFFGradients, fff_backward
 from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl
 from fffcore.params import FFFParams
 from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBackendError
@@ -30,11 +31,13 @@ __all__ = [
     "BackendInfo",
     "BackendUnavailableError",
     "CMMResult",
+    "FFFGradients",
     "FFFParams",
     "UnknownBackendError",
     "__version__",
     "cmm",
     "fff",
+    "fff_backward",
     "get_backend",
     "hookimpl",
     "list_backends",

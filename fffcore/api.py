@@ -228,3 +228,38 @@ def _as_array(x: Any) -> Any:
         return np.asarray(x)
     except Exception as error:  # ragged lists and the like
         raise TypeError(f"x: expected an array, got {type(x).__name__}: {error}") from error
+
+
+def backward_dispatch(x: Any, params: FFFParams, name: str | None) -> Dispatch:
+    """Where :func:`fffcore.fff_backward` goes: the forward's backend when it declares ``backward``; a
+    backend named (by argument, ``use_backend`` or ``FFFCORE_BACKEND``) that does not is an error; else the
+    available backend of highest priority that declares it and takes ``x`` and the layer."""
+    dispatch = dispatch_for(x, params, name)
+    if dispatch.backend.backward:
+        return dispatch
+    if requested_backend(name) is not None:
+        raise TypeError(
+            f"backend {dispatch.backend.name!r} does not implement the backward pass; "
+            "`fff backends` lists the backends that do (backward: yes)"
+        )
+    from fffcore.registry import registry
+    from fffcore.selection import takes
+
+    kind = array_type(x)
+    device = array_device(x, kind)
+    current = registry()
+    candidates = sorted(
+        (
+            backend
+            for backend in current.backends.values()
+            if backend.backward
+            and takes(backend, kind, device)
+            and params.dtype in backend.dtypes
+            and params.activation in backend.activations
+        ),
+        key=lambda backend: -backend.priority,
+    )
+    for backend in candidates:
+        if current.availability(backend.name).available:
+            return dispatch_for(x, params, backend.name)
+    raise TypeError(f"x: no available backend computes the backward pass of {params.dtype} layers on {kind} arrays")

@@ -53,6 +53,9 @@ class Backend:
             backend that computes 16-bit layers in float32 and rounds the
             results once to 16 bits. A missing key means the dtype itself. The
             conformance suite derives its rounding bands from it.
+        backward: whether the backend implements :meth:`fff_backward`, the gradients
+            of the layer along the paths the forward pass took (``fffcore.fff_backward``,
+            training); ``fff backends`` lists it.
         batch_thresholds: row counts from which the backend runs another code path
             (another kernel, several blocks, several threads), e.g. ``(9, 65, 1024)``.
             The conformance suite checks batches just below, at and just above each,
@@ -77,6 +80,7 @@ class Backend:
     install: ClassVar[str] = ""
     accumulation_dtypes: ClassVar[dict[str, str]] = {}
     batch_thresholds: ClassVar[tuple[int, ...]] = ()
+    backward: ClassVar[bool] = False
 
     def availability(self) -> Availability:
         """Whether the backend can run here. Must not raise; called at most once per process."""
@@ -111,6 +115,18 @@ class Backend:
             (B, d_out) array in ``params.dtype``, in the input's array type and on its device.
         """
         raise NotImplementedError(f"backend {self.name!r} does not implement fff")
+
+    def fff_backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
+        """Gradients of a loss along the paths the forward pass of ``x`` takes (see ``fffcore.backward``).
+
+        Declared with ``backward = True``. Called with the checks of :meth:`fff` made, and ``grad_y``
+        of shape (B, d_out), of a floating dtype, of the same array type as ``x``.
+
+        Returns:
+            ``(grad_x (B, d_in), grad_w_in (K, N, d_in), grad_b_in (K, N) or None for a layer
+            without bias, grad_w_out (K, N, d_out))`` in ``params.dtype``, in the input's array type.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not implement fff_backward")
 
     def warmup(self, dtypes: Sequence[str]) -> None:
         """Optional: compile or load now whatever the first calls in these dtypes (ones the backend

@@ -28,7 +28,7 @@ from fffcore.params import FFFParams
 from fffcore.selection import resolve_backend
 from fffcore.spec import dtype_name
 
-__all__ = ["FFFInference", "to_torch"]
+__all__ = ["FFFInference", "FFFLayer", "to_torch"]
 
 
 def to_torch(params: FFFParams, device: Any = "cpu", dtype: Any = None) -> FFFParams:
@@ -152,6 +152,67 @@ class FFFInference(torch.nn.Module):
             f"trees={trees}, depth={depth}, d_in={d_in}, d_out={self.w_out.shape[2]}, "
             f"activation={self.activation!r}, bias={self.b_in is not None}, dtype={dtype_name(self.w_in.dtype)}, "
             f"device={self.w_in.device}, backend={chosen}"
+        )
+
+
+class FFFLayer(torch.nn.Module):
+    """A trainable FFF layer: (..., d_in) -> (..., d_out), trained with any torch optimizer.
+
+    The weights are ``nn.Parameter``s ``w_in`` (K, N, d_in), ``b_in`` (K, N) (without ``bias``: None)
+    and ``w_out`` (K, N, d_out), initialised as UltraFastBERT's layer initialises its two
+    ``nn.Linear``s: uniform in +-1/sqrt(d_in) for ``w_in`` and ``b_in``, +-1/sqrt(K*N) for ``w_out``.
+    The forward pass is ``torch.ops.fffcore.fff`` and its gradients ``fffcore.fff_backward`` along the
+    paths the forward pass took, on the fastest backend that computes them for the input (numba for
+    CPU tensors, torch for CUDA ones), or on ``backend``. The branch decisions carry no gradient.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        depth: int,
+        trees: int = 1,
+        activation: str = "gelu",
+        bias: bool = True,
+        backend: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        from fffcore.spec import ACTIVATIONS, node_count
+
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        n_nodes = node_count(depth)
+        options = {"device": device, "dtype": _torch_dtype(dtype) if dtype is not None else None}
+        self.activation, self.backend, self.depth, self.trees = activation, backend, depth, trees
+        self.w_in = torch.nn.Parameter(torch.empty(trees, n_nodes, d_in, **options))
+        self.b_in = torch.nn.Parameter(torch.empty(trees, n_nodes, **options)) if bias else None
+        self.w_out = torch.nn.Parameter(torch.empty(trees, n_nodes, d_out, **options))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """UltraFastBERT's initialisation (that of ``nn.Linear``: uniform in +-1/sqrt(fan_in))."""
+        trees, n_nodes, d_in = self.w_in.shape
+        with torch.no_grad():
+            self.w_in.uniform_(-(d_in**-0.5), d_in**-0.5)
+            if self.b_in is not None:
+                self.b_in.uniform_(-(d_in**-0.5), d_in**-0.5)
+            self.w_out.uniform_(-((trees * n_nodes) ** -0.5), (trees * n_nodes) ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.fffcore.fff(x, self.w_in, self.b_in, self.w_out, self.activation, self.backend)
+
+    def params(self) -> FFFParams:
+        """The current weights as :class:`~fffcore.FFFParams` (a snapshot of detached copies)."""
+        b_in = None if self.b_in is None else self.b_in.detach().clone()
+        return FFFParams(self.w_in.detach().clone(), b_in, self.w_out.detach().clone(), self.activation)
+
+    def extra_repr(self) -> str:
+        trees, _, d_in = self.w_in.shape
+        return (
+            f"d_in={d_in}, d_out={self.w_out.shape[2]}, depth={self.depth}, trees={trees}, "
+            f"activation={self.activation!r}, bias={self.b_in is not None}, backend={self.backend!r}"
         )
 
 

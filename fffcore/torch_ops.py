@@ -20,9 +20,10 @@ with the shapes of :class:`fffcore.FFFParams` (``w_in`` (K, N, d_in), ``b_in``
 (..., K, D+1) in the weights' dtype and nodes (..., K, D+1) int64. The
 backend is chosen per call as by :func:`fffcore.fff` (None: automatically).
 
-Inference only: the operators have no gradient. Called with inputs that
-require grad while grad mode is on, their results require grad, and
-``backward`` through them raises a ``RuntimeError`` that says so.
+``fff`` is differentiable: its gradients with respect to ``x``, ``w_in``, ``b_in`` and ``w_out``
+are those of :func:`fffcore.fff_backward` (the paths held fixed), computed by
+``fffcore::fff_backward`` with the backend chosen as for the forward pass among those that
+declare ``backward``. ``cmm`` has no gradient: ``backward`` through it raises a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from fffcore.api import run_cmm, run_fff
 from fffcore.params import FFFParams
 
-__all__ = ["cmm_op", "fff_op", "params_from_tensors"]
+__all__ = ["cmm_op", "fff_backward_op", "fff_op", "params_from_tensors"]
 
 #: Parameter sets kept, most recently used first; one per layer of a model in use is enough.
 _CACHE_SIZE = 256
@@ -137,10 +138,63 @@ def _aliases(y: torch.Tensor, x: torch.Tensor) -> bool:
     return y.numel() > 0 and y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
 
 
+@torch.library.custom_op("fffcore::fff_backward", mutates_args=())
+def fff_backward_op(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor | None,
+    w_out: torch.Tensor,
+    activation: str,
+    backend: str | None,
+    grad_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``fffcore::fff`` given ``grad_y``: for x, w_in, b_in (empty for a layer without bias), w_out."""
+    from fffcore.backward import fff_backward
+
+    params = params_from_tensors(w_in, b_in, w_out, activation)
+    grads = fff_backward(x, params, grad_y.to(w_in.dtype), backend)
+    results = [grads.x, grads.w_in, grads.b_in if grads.b_in is not None else w_in.new_empty(0), grads.w_out]
+    results = [torch.as_tensor(r, device=x.device) for r in results]
+    inputs = (x, w_in, b_in, w_out, grad_y)
+    # An operator's outputs must not share memory with its inputs.
+    return tuple(r.clone() if any(t is not None and _aliases(r, t) for t in inputs) else r for r in results)
+
+
+@fff_backward_op.register_fake
+def _fff_backward_fake(
+    x: torch.Tensor, w_in: torch.Tensor, b_in: Any, w_out: torch.Tensor, activation: str, backend: Any, grad_y: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    bias = torch.empty_like(b_in) if b_in is not None else w_in.new_empty(0)
+    return x.new_empty(x.shape, dtype=w_in.dtype), torch.empty_like(w_in), bias, torch.empty_like(w_out)
+
+
+def _fff_gradients(ctx: Any, grad_y: torch.Tensor) -> Any:
+    x, w_in, b_in, w_out = ctx.saved_tensors
+    grad_x, grad_w_in, grad_b_in, grad_w_out = fff_backward_op(
+        x, w_in, b_in if ctx.has_bias else None, w_out, ctx.activation, ctx.backend, grad_y.contiguous()
+    )
+    return (
+        grad_x.to(x.dtype) if ctx.needs_input_grad[0] else None,
+        grad_w_in if ctx.needs_input_grad[1] else None,
+        grad_b_in if ctx.has_bias and ctx.needs_input_grad[2] else None,
+        grad_w_out if ctx.needs_input_grad[3] else None,
+        None,
+        None,
+    )
+
+
+def _keep_inputs(ctx: Any, inputs: Any, output: Any) -> None:
+    x, w_in, b_in, w_out, activation, *rest = inputs
+    ctx.has_bias = b_in is not None
+    ctx.activation = activation
+    ctx.backend = rest[0] if rest else None
+    ctx.save_for_backward(x, w_in, b_in if b_in is not None else w_in.new_empty(0), w_out)
+
+
 def _no_gradient(ctx: Any, *grads: Any) -> Any:
     raise RuntimeError(
-        "fffcore's FFF operators are for inference and have no gradient; call them under torch.no_grad() "
-        "or on detached tensors"
+        "fffcore::cmm has no gradient (the paths it returns are integers and the logits are the forward "
+        "pass's); differentiate fffcore::fff, or call cmm under torch.no_grad() or on detached tensors"
     )
 
 
@@ -148,5 +202,5 @@ def _keep_nothing(ctx: Any, inputs: Any, output: Any) -> None:
     return None
 
 
-fff_op.register_autograd(_no_gradient, setup_context=_keep_nothing)
+fff_op.register_autograd(_fff_gradients, setup_context=_keep_inputs)
 cmm_op.register_autograd(_no_gradient, setup_context=_keep_nothing)

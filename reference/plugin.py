@@ -10,6 +10,7 @@ from fffcore.arrays import numpy_rows
 from fffcore.backend import Backend
 from fffcore.hookspecs import hookimpl
 from fffcore.params import FFFParams
+from fffcore.reference.backward import fff_backward
 from fffcore.reference.cmm import conditional_matmul
 from fffcore.reference.fff import fff_output
 
@@ -23,6 +24,7 @@ class ReferenceBackend(Backend):
     devices = ("cpu",)
     dtypes = ("float32", "float64")
     priority = 0
+    backward = True
 
     def version(self) -> str:
         return np.__version__
@@ -33,6 +35,12 @@ class ReferenceBackend(Backend):
     def fff(self, x: Any, params: FFFParams) -> np.ndarray:
         logits, nodes = self.cmm(x, params)
         return fff_output(logits, nodes, params.w_out, params.activation)
+
+    def fff_backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
+        rows = numpy_rows(x, params.dtype)
+        return fff_backward(
+            rows, params.w_in, params.b_in, params.w_out, params.activation, numpy_rows(grad_y, params.dtype)
+        )
 
 
 @hookimpl

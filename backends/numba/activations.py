@@ -56,3 +56,26 @@ def activate(code: int, z: float) -> float:
         return 0.5 * z * (1.0 + math.tanh(_TANH_GELU_SCALE * (z + 0.044715 * z * z * z)))
     # SILU
     return z / (1.0 + math.exp(-z))
+
+
+@njit(cache=True)
+def slope(code: int, z: float) -> float:
+    """``act'(z)`` for the activation numbered ``code``, in float64: the reference's derivatives
+    (:mod:`fffcore.reference.activations`), term for term; NaN for NaN, the limits at -inf and +inf."""
+    if z != z:
+        return z
+    if code == IDENTITY:
+        return 1.0
+    if code == RELU:
+        return 1.0 if z > 0.0 else 0.0
+    if z == -math.inf:
+        return 0.0
+    if z == math.inf:
+        return 1.0
+    if code == GELU:
+        return 0.5 * math.erfc(-z * _SQRT_HALF) + z * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    if code == GELU_TANH:
+        t = math.tanh(_TANH_GELU_SCALE * (z + 0.044715 * z * z * z))
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_GELU_SCALE * (1.0 + 3 * 0.044715 * z * z)
+    s = 1.0 / (1.0 + math.exp(-z))  # SILU
+    return s * (1.0 + z * (1.0 - s))

@@ -46,6 +46,7 @@ class NumbaBackend(Backend):
     dtypes = ("float32", "float64")
     priority = 100
     install = INSTALL
+    backward = True
     # Whole groups of four rows from 4, every thread (when that has been faster) from 16, the
     # blocked walk (blocks of 64, a top stage and a sort) from 1536 (backends/numba/sizes.py).
     batch_thresholds = (GROUP_ROWS, PARALLEL_MIN_ROWS, BLOCKED_MIN_ROWS)
@@ -74,6 +75,18 @@ class NumbaBackend(Backend):
         from fffcore.backends.numba.calls import fff_rows
 
         return fff_rows(x, params)
+
+    def fff_backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
+        from fffcore.arrays import numpy_rows
+        from fffcore.backends.numba.activations import ACTIVATION_CODES
+        from fffcore.backends.numba.backward import run_backward
+        from fffcore.backends.numba.calls import cmm_rows
+
+        rows = numpy_rows(x, params.dtype)
+        logits, nodes = cmm_rows(rows, params)
+        grads = numpy_rows(grad_y, params.dtype)
+        code = ACTIVATION_CODES[params.activation]
+        return run_backward(rows, grads, logits, nodes, params.w_in, params.b_in, params.w_out, code)
 
     def prepare_fff(self, params: FFFParams) -> Any:
         from fffcore.backends.numba.calls import prepare_fff_rows

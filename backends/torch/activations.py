@@ -80,3 +80,29 @@ def activate(name: str, logits: Any) -> Any:
         raise ValueError(f"activation: expected one of gelu, gelu_tanh, relu, silu, identity, got {name!r}")
     formula, floor = found
     return formula(torch.clamp_min(logits.to(torch.float64), floor)).to(logits.dtype)
+
+
+def slope(name: str, logits: Any) -> Any:
+    """The derivative of the activation ``name`` of a floating tensor, evaluated in float64 and rounded
+    to its dtype (the reference's formulas: relu'(0) = 0, identity' = 1, NaN for NaN, the limits 0 at
+    -inf and 1 at +inf)."""
+    import torch
+
+    z = logits.to(torch.float64)
+    if name == "identity":
+        value = torch.ones_like(z)
+    elif name == "relu":
+        value = (z > 0).to(torch.float64)
+    elif name == "gelu":
+        value = 0.5 * torch.special.erfc(-z * _SQRT_HALF) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    elif name == "gelu_tanh":
+        t = torch.tanh(_TANH_GELU_SCALE * (z + 0.044715 * z * z * z))
+        value = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _TANH_GELU_SCALE * (1.0 + 3 * 0.044715 * z * z)
+    elif name == "silu":
+        s = torch.sigmoid(z)
+        value = s * (1.0 + z * (1.0 - s))
+    else:
+        raise ValueError(f"activation: expected one of gelu, gelu_tanh, relu, silu, identity, got {name!r}")
+    if name not in ("identity", "relu"):
+        value = torch.where(z == -math.inf, 0.0, torch.where(z == math.inf, 1.0, value))
+    return torch.where(torch.isnan(z), z, value).to(logits.dtype)

@@ -30,6 +30,7 @@ class TorchBackend(Backend):
     # Dot products and the output sum run in float32 for 16-bit storage (kernels._matmul, embedding_bag).
     accumulation_dtypes: ClassVar[dict[str, str]] = {"float16": "float32", "bfloat16": "float32"}
     priority = 50
+    backward = True
     install = INSTALL
     # On the CPU, subtrees below the dense top (6 levels, 64 subtrees) are grouped from 8 rows
     # per subtree on average (kernels.MIN_GROUP_ROWS): 512 rows.
@@ -73,6 +74,22 @@ class TorchBackend(Backend):
 
         rows = compute_rows(x, params.dtype)
         return to_input_type(fff_rows(rows, torch_layer(params, rows.device), params.activation), x)
+
+    def fff_backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
+        from fffcore.backends.torch.backward import fff_backward_rows
+        from fffcore.backends.torch.conversion import compute_rows, to_input_type
+        from fffcore.backends.torch.kernels import cmm_rows
+        from fffcore.backends.torch.prepared import torch_layer
+
+        rows = compute_rows(x, params.dtype)
+        grads = compute_rows(grad_y, params.dtype)
+        layer = torch_layer(params, rows.device)  # the weights on this device, converted once
+        logits, nodes = cmm_rows(rows, layer)
+        w_in = layer.w_in_rows.view(layer.trees, layer.n_nodes, layer.d_in)
+        w_out = layer.w_out_rows.view(layer.trees, layer.n_nodes, layer.d_out)
+        b_in = None if layer.b_in_rows is None else layer.b_in_rows.view(layer.trees, layer.n_nodes)
+        result = fff_backward_rows(rows, grads, logits, nodes, w_in, b_in, w_out, params.activation)
+        return tuple(None if r is None else to_input_type(r, x) for r in result)  # type: ignore[return-value]
 
 
 @hookimpl

@@ -1,0 +1,127 @@
+"""The backward pass on the CPU: gradients along the paths, at the cost of the paths.
+
+Two stages, each parallel, neither with a race:
+
+1. per row (rows over threads): ``h = g . w_out[k, n]``, ``dz = h * act'(z)``, ``act(z)``, and the
+   input gradient ``sum dz * w_in[k, n]``;
+2. per node (nodes over threads, one at a time): the parameter gradients, each node's sum over the
+   (row, level) visits of it, which a counting sort lists in row order.
+
+Each sum runs in one fixed order, whatever the thread count, so the gradients are deterministic.
+The paths are the forward pass's own (the backend's ``cmm``, which walks exactly as its ``fff``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from fffcore.backends.numba.activations import activate, slope
+from fffcore.backends.numba.kernels import SAFE_FASTMATH, run_parallel
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
+def _row_gradients(x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x):
+    """Stage 1 into ``dz`` and ``activated`` (B, K, L) and ``grad_x`` (B, d_in)."""
+    rows, trees, levels = logits.shape
+    zero = x.dtype.type(0)
+    for b in prange(rows):
+        for j in range(x.shape[1]):
+            grad_x[b, j] = zero
+        for k in range(trees):
+            for level in range(levels):
+                n = nodes[b, k, level]
+                z = np.float64(logits[b, k, level])
+                h = zero
+                for j in range(g.shape[1]):
+                    h += g[b, j] * w_out[k, n, j]
+                d = h * (zero + slope(code, z))
+                dz[b, k, level] = d
+                activated[b, k, level] = zero + activate(code, z)
+                for j in range(x.shape[1]):
+                    grad_x[b, j] += d * w_in[k, n, j]
+
+
+@njit(cache=True)
+def _visits_by_node(nodes_of_tree, n_nodes):
+    """Counting sort of the (row, level) visits of one tree by node: ``start`` (N+1) and ``order``
+    (B*L) with the visits of node n at ``order[start[n]:start[n+1]]`` as ``row * L + level``, rows ascending."""
+    rows, levels = nodes_of_tree.shape
+    start = np.zeros(n_nodes + 1, np.int64)
+    for b in range(rows):
+        for level in range(levels):
+            start[nodes_of_tree[b, level] + 1] += 1
+    for n in range(n_nodes):
+        start[n + 1] += start[n]
+    filled = start[:-1].copy()
+    order = np.empty(rows * levels, np.int64)
+    for b in range(rows):
+        for level in range(levels):
+            n = nodes_of_tree[b, level]
+            order[filled[n]] = b * levels + level
+            filled[n] += 1
+    return start, order
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
+def _node_gradients(x, g, dz, activated, tree, start, order, has_bias, grad_w_in, grad_b_in, grad_w_out):
+    """Stage 2 for tree ``tree``: work item ``2n`` sums node n's ``w_in`` and bias gradients over its
+    visits in ``order``, item ``2n + 1`` its ``w_out`` gradient; the gradients start at zero. Whole rows
+    of ``x`` and ``g`` stream through, each added into one gradient row that stays in cache."""
+    n_nodes = start.shape[0] - 1
+    levels = dz.shape[2]
+    for item in prange(2 * n_nodes):
+        n = item // 2
+        lo = start[n]
+        hi = start[n + 1]
+        if item % 2 == 0:
+            total = grad_b_in[tree, n]
+            for e in range(lo, hi):
+                b = order[e] // levels
+                d = dz[b, tree, order[e] - b * levels]
+                total += d
+                for c in range(x.shape[1]):
+                    grad_w_in[tree, n, c] += d * x[b, c]
+            if has_bias:
+                grad_b_in[tree, n] = total
+        else:
+            for e in range(lo, hi):
+                b = order[e] // levels
+                a = activated[b, tree, order[e] - b * levels]
+                for c in range(g.shape[1]):
+                    grad_w_out[tree, n, c] += a * g[b, c]
+
+
+def run_backward(
+    x: np.ndarray,
+    g: np.ndarray,
+    logits: np.ndarray,
+    nodes: np.ndarray,
+    w_in: np.ndarray,
+    b_in: np.ndarray | None,
+    w_out: np.ndarray,
+    code: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The gradients (see :mod:`fffcore.backward`) from the forward pass's ``logits`` and ``nodes``.
+
+    Args:
+        x: (B, d_in) and g: (B, d_out), C-contiguous, in the weights' dtype.
+        logits, nodes: (B, K, L) from the backend's ``cmm`` of ``x``.
+        code: the activation's number (:data:`~fffcore.backends.numba.activations.ACTIVATION_CODES`).
+    """
+    rows, trees, _ = logits.shape
+    dz = np.empty(logits.shape, x.dtype)
+    activated = np.empty(logits.shape, x.dtype)
+    grad_x = np.empty_like(x)
+    grad_w_in = np.zeros_like(w_in)
+    grad_w_out = np.zeros_like(w_out)
+    has_bias = b_in is not None
+    grad_b_in = np.zeros(w_in.shape[:2], x.dtype)
+    if rows:
+        _row_gradients(x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x)
+        for tree in range(trees):
+            start, order = _visits_by_node(np.ascontiguousarray(nodes[:, tree, :]), w_in.shape[1])
+            run_parallel(  # nodes handed out one at a time: the root has every row, a leaf a few
+                _node_gradients, x, g, dz, activated, tree, start, order, has_bias, grad_w_in, grad_b_in, grad_w_out
+            )
+    return grad_x, grad_w_in, grad_b_in if has_bias else None, grad_w_out

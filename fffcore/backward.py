@@ -1,0 +1,74 @@
+"""``fffcore.fff_backward``: the gradients of an FFF layer, for training.
+
+With the paths the forward pass takes held fixed (the branch decisions carry no gradient, as in the
+masked dense layer UltraFastBERT trains with), for a row x with upstream gradient g = dL/dy, in every
+tree k at every level l, with node n = n_kl, logit z = z_kl and act' the activation's derivative
+(:mod:`fffcore.reference.activations`: relu'(0) = 0, identity' = 1, exact for gelu, gelu_tanh and silu,
+NaN for NaN, the limits at -inf and +inf)::
+
+    h = g . w_out[k, n],   dz = h * act'(z)
+    dL/dx = sum_kl dz * w_in[k, n]
+    dL/dw_in[k, n] = sum over rows and levels visiting n of dz * x
+    dL/db_in[k, n] = sum of dz
+    dL/dw_out[k, n] = sum of act(z) * g
+
+These equal the autograd gradients of the dense layer that computes every node's logit and keeps, by a
+0/1 mask, exactly the visited ones. The cost follows the path: O(K (D+1) (d_in + d_out)) per row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from fffcore.params import FFFParams
+
+
+class FFFGradients(NamedTuple):
+    """Result of :func:`fff_backward`, each in the parameters' dtype.
+
+    ``x`` (..., d_in) in the array type of the input and on its device; ``w_in`` (K, N, d_in),
+    ``b_in`` (K, N) or None for a layer without bias, ``w_out`` (K, N, d_out), in the array type of
+    the input (the parameters' own for torch parameters used through a bridge)."""
+
+    x: Any
+    w_in: Any
+    b_in: Any
+    w_out: Any
+
+
+def fff_backward(x: Any, params: FFFParams, grad_y: Any, backend: str | None = None) -> FFFGradients:
+    """The gradients of a loss with respect to ``x`` and the layer, given ``grad_y`` = dL/dy.
+
+    Args:
+        x: (..., d_in) the forward pass's input (real floating: numpy, torch or cupy).
+        params: the layer.
+        grad_y: (..., d_out), the same leading shape as ``x``, same array type, real floating.
+        backend: a backend that declares ``backward``; None: the one :func:`fffcore.fff` would take when
+            it declares it, else the available backend of highest priority that does and takes ``x``.
+    """
+    from fffcore.api import _as_array, backward_dispatch
+    from fffcore.arrays import array_type
+    from fffcore.spec import FLOATING_DTYPES, dtype_name, is_floating
+
+    x = _as_array(x)
+    grad_y = _as_array(grad_y)
+    if array_type(grad_y) != array_type(x):
+        raise TypeError(f"grad_y: expected a {array_type(x)} array like x, got {array_type(grad_y)}")
+    expected = tuple(x.shape[:-1]) + (params.d_out,) if len(x.shape) else None
+    if expected is None or tuple(grad_y.shape) != expected:
+        raise ValueError(f"grad_y: expected shape {expected} (x's, with d_out last), got {tuple(grad_y.shape)}")
+    if not is_floating(dtype_name(grad_y.dtype)):
+        raise TypeError(f"grad_y: expected a real floating dtype {FLOATING_DTYPES}, got {dtype_name(grad_y.dtype)}")
+    dispatch = backward_dispatch(x, params, backend)
+    bridge = dispatch.bridge
+    rows = x if bridge is None else bridge.to_target(x, params.dtype)
+    grads = grad_y if bridge is None else bridge.to_target(grad_y, params.dtype)
+    leading = tuple(rows.shape[:-1])
+    grad_x, grad_w_in, grad_b_in, grad_w_out = dispatch.backend.fff_backward(
+        rows.reshape(-1, params.d_in), dispatch.bridged_params or params, grads.reshape(-1, params.d_out)
+    )
+    grad_x = grad_x.reshape(leading + (params.d_in,))
+    if bridge is not None:
+        grad_x, grad_w_in, grad_w_out = (bridge.to_source(a) for a in (grad_x, grad_w_in, grad_w_out))
+        grad_b_in = None if grad_b_in is None else bridge.to_source(grad_b_in)
+    return FFFGradients(grad_x, grad_w_in, grad_b_in, grad_w_out)
