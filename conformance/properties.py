@@ -345,6 +345,27 @@ def thread_safety(target: Target, case: Case) -> None:
             _require_identical(serial[index], result, f"thread {index} of {THREADS} (call {repeat + 1})")
 
 
+def gradients_along_path(target: Target, case: Case) -> None:
+    """fff_backward's gradients equal float64 along the backend's own path, within the derived tolerances."""
+    from fffcore.conformance.backward import check_gradients
+
+    check_gradients(target, case)
+
+
+def exact_gradients(target: Target, case: Case) -> None:
+    """Integer-valued data with relu or identity: every gradient is exact (and ties go left, as forward)."""
+    from fffcore.conformance.backward import check_gradients
+
+    check_gradients(target, case, exact=case.layer.activation in ("relu", "identity"))
+
+
+def gradients_nan_and_infinity(target: Target, case: Case) -> None:
+    """Inputs holding inf, -inf and NaN: the gradients' NaN and infinities follow IEEE arithmetic along the path."""
+    from fffcore.conformance.backward import check_gradients
+
+    check_gradients(target, case)
+
+
 def _require_identical(expected: Outputs, actual: Outputs, who: str) -> None:
     for what in ("logits", "nodes", "output"):
         a, b = getattr(expected, what), getattr(actual, what)
@@ -366,6 +387,8 @@ class Property:
     budget: float = 1.0
     #: How its cases draw values (:data:`fffcore.conformance.fixed.STYLES`), for its fixed cases.
     style: str = "general"
+    #: Checks ``fffcore.fff_backward``: runs only on backends that declare ``backward``.
+    backward: bool = False
 
     @property
     def description(self) -> str:
@@ -417,6 +440,11 @@ PROPERTIES: tuple[Property, ...] = (
     Property("invalid_inputs", invalid_inputs, _small, 0.25, style="small"),
     Property("thread_safety", thread_safety, _small, 0.25, style="small"),
     Property("large_batches", large_batches, _large, 0.05, style="large"),
+    Property("gradients_along_path", gradients_along_path, _general, 0.5, backward=True),
+    Property("exact_gradients", exact_gradients, _exact, 0.25, style="exact", backward=True),
+    Property(
+        "gradients_nan_and_infinity", gradients_nan_and_infinity, _specials, 0.25, style="specials", backward=True
+    ),
 )
 
 PROPERTY_NAMES: tuple[str, ...] = tuple(p.name for p in PROPERTIES)

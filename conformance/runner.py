@@ -74,6 +74,8 @@ def run_property(
 
     from fffcore.conformance.strategies import DEFAULT_SCOPE, THOROUGH_SCOPE
 
+    if prop.backward and not target.backward:
+        return PropertyResult(prop.name, "skip", 0, 0.0, f"backend {target.backend!r} does not declare backward")
     examples = examples_for(prop, max_examples)
     ran = 0
 

@@ -30,6 +30,8 @@ class Target:
         bridged_array_types: array types the backend does not take itself but gets from the
             core through a zero-copy bridge (:mod:`fffcore.bridging`); tested like its own, since
             that is how callers holding such arrays reach it.
+        backward: the backend declares ``backward`` (``fffcore.fff_backward``); the gradient
+            properties run only then.
     """
 
     backend: str
@@ -41,6 +43,7 @@ class Target:
     notes: tuple[str, ...] = ()
     accumulation_dtypes: dict[str, str] = field(default_factory=dict)
     bridged_array_types: tuple[str, ...] = ()
+    backward: bool = False
     batch_thresholds: tuple[int, ...] = ()
 
     def describe_array_types(self) -> str:
@@ -160,6 +163,7 @@ def resolve_target(backend: str, *, device: str | None = None, dtypes: tuple[str
         accumulation_dtypes=accumulation,
         bridged_array_types=tuple(bridged),
         batch_thresholds=_batch_thresholds(chosen, backend),
+        backward=bool(getattr(chosen, "backward", False)),
     )
 
 

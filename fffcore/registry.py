@@ -75,6 +75,8 @@ class BackendInfo:
     package: str = ""
     #: ``Backend.version()``: the version of the library the backend runs on.
     version: str = ""
+    #: ``Backend.backward``: it computes ``fffcore.fff_backward`` (training).
+    backward: bool = False
 
 
 @dataclass
@@ -139,6 +141,7 @@ class Registry:
                     description=backend.description,
                     plugin=self.plugin_of[name],
                     priority=backend.priority,
+                    backward=bool(getattr(backend, "backward", False)),
                     package=self.package_of_plugin.get(self.plugin_of[name], ""),
                     version=_version_of(backend),
                 )

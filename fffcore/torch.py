@@ -159,8 +159,8 @@ class FFFLayer(torch.nn.Module):
     """A trainable FFF layer: (..., d_in) -> (..., d_out), trained with any torch optimizer.
 
     The weights are ``nn.Parameter``s ``w_in`` (K, N, d_in), ``b_in`` (K, N) (without ``bias``: None)
-    and ``w_out`` (K, N, d_out), initialised as UltraFastBERT's layer initialises its two
-    ``nn.Linear``s: uniform in +-1/sqrt(d_in) for ``w_in`` and ``b_in``, +-1/sqrt(K*N) for ``w_out``.
+    and ``w_out`` (K, N, d_out), initialised as UltraFastBERT initialises its layer: uniform in
+    +-1/sqrt(d_in) for ``w_in`` and ``b_in``, +-1/sqrt((D+1) K) for ``w_out`` (the visited neurons).
     The forward pass is ``torch.ops.fffcore.fff`` and its gradients ``fffcore.fff_backward`` along the
     paths the forward pass took, on the fastest backend that computes them for the input (numba for
     CPU tensors, torch for CUDA ones), or on ``backend``. The branch decisions carry no gradient.
@@ -192,13 +192,14 @@ class FFFLayer(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """UltraFastBERT's initialisation (that of ``nn.Linear``: uniform in +-1/sqrt(fan_in))."""
-        trees, n_nodes, d_in = self.w_in.shape
+        """UltraFastBERT's initialisation: uniform in +-1/sqrt(d_in) in, +-1/sqrt((D+1) K) out."""
+        trees, _, d_in = self.w_in.shape
+        out_bound = ((self.depth + 1) * trees) ** -0.5
         with torch.no_grad():
             self.w_in.uniform_(-(d_in**-0.5), d_in**-0.5)
             if self.b_in is not None:
                 self.b_in.uniform_(-(d_in**-0.5), d_in**-0.5)
-            self.w_out.uniform_(-((trees * n_nodes) ** -0.5), (trees * n_nodes) ** -0.5)
+            self.w_out.uniform_(-out_bound, out_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.fffcore.fff(x, self.w_in, self.b_in, self.w_out, self.activation, self.backend)

@@ -102,12 +102,13 @@ def test_module_output_is_detached_even_when_the_input_requires_grad():
     torch.testing.assert_close(y, model[1](x.detach()), rtol=0, atol=0)
 
 
-def test_backward_through_the_operator_says_it_is_inference_only():
+def test_backward_through_the_operator_gives_the_gradients_along_the_paths():
     block = FFFInference(PARAMS)
     x = torch.randn(3, 12, requires_grad=True)
     y = fff_op(x, block.w_in, block.b_in, block.w_out, "gelu", None)
-    with pytest.raises(RuntimeError, match="for inference and have no gradient"):
-        y.sum().backward()
+    y.sum().backward()
+    expected = fffcore.fff_backward(x.detach().numpy(), PARAMS, np.ones((3, PARAMS.d_out), np.float32))
+    torch.testing.assert_close(x.grad, torch.from_numpy(expected.x))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit")

@@ -33,7 +33,11 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{'':<{width}}  {row.description}")
         if not row.broken:
             devices = ", ".join(row.devices)
-            print(f"{'':<{width}}  arrays: {', '.join(row.array_types)} on {devices}; dtypes: {', '.join(row.dtypes)}")
+            trains = "; backward: yes" if row.backward else "; backward: no"
+            print(
+                f"{'':<{width}}  arrays: {', '.join(row.array_types)} on {devices}; dtypes: {', '.join(row.dtypes)}"
+                + trains
+            )
             source = f"from {row.package or 'a plugin registered in this process'}"
             library = f"; library version {row.version}" if row.version else ""
             print(f"{'':<{width}}  {source} (plugin {row.plugin}){library}; priority {row.priority}")

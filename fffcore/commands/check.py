@@ -113,12 +113,20 @@ def run(arguments: argparse.Namespace) -> int:
         result = run_property(prop, target, max_examples=max_examples, seed=seed, thorough=arguments.thorough)
         results.append(result)
         label = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[result.status]
-        print(f"{label}  {result.name:<{width}}  {result.examples:>4} examples  {result.seconds:6.1f} s", flush=True)
+        why = f"  ({result.message})" if result.status == "skip" and result.message else ""
+        print(
+            f"{label}  {result.name:<{width}}  {result.examples:>4} examples  {result.seconds:6.1f} s{why}", flush=True
+        )
     failures = [r for r in results if r.status == "fail"]
     for result in failures:
         print()
         print(result.message)
     passed = sum(r.status == "pass" for r in results)
+    skipped = sum(r.status == "skip" for r in results)
     print()
-    print(f"{passed} passed, {len(failures)} failed in {time.perf_counter() - start:.1f} s (seed {seed})")
+    print(
+        f"{passed} passed, {len(failures)} failed"
+        + (f", {skipped} skipped" if skipped else "")
+        + f" in {time.perf_counter() - start:.1f} s (seed {seed})"
+    )
     return 1 if failures else 0
