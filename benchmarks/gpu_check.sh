@@ -93,10 +93,10 @@ run_step check_cupy_float16 70 env FFFCORE_CUPY_FLOAT16=1 "${FFF[@]}" check cupy
     --max-examples "$EXAMPLES" --seed "$SEED"
 run_step check_torch_cuda 80 "${FFF[@]}" check torch --device cuda --max-examples "$EXAMPLES" --seed "$SEED"
 
-# 6. The test suite's CUDA halves (zero-copy bridging of CUDA tensors, the torch backend and the custom
-#    operators on CUDA), and FFFInference on CUDA tensors against cuBLAS dense layers.
+# 6. The test suite's CUDA halves (zero-copy bridging of CUDA tensors, the torch backend, the custom
+#    operators and training on CUDA), and FFFInference on CUDA tensors against cuBLAS dense layers.
 run_step cuda_tests 180 "$PYTHON" -m pytest "$ROOT/tests/test_bridging.py" "$ROOT/tests/test_torch_ops.py" \
-    "$ROOT/tests/test_torch_backend.py" -q -rs -p no:cacheprovider
+    "$ROOT/tests/test_torch_backend.py" "$ROOT/tests/test_training.py" -q -rs -p no:cacheprovider
 MODULE_RESULTS="$RESULTS_DIR/gpu_torch_module_$STAMP.json"
 run_step torch_module 150 "$PYTHON" -m fffcore.benchmarks.torch_module --device cuda --json "$MODULE_RESULTS"
 

@@ -76,3 +76,18 @@ def test_cmm_has_no_gradient_and_says_so():
     logits, _ = torch.ops.fffcore.cmm(torch.randn(3, 4), w_in, None, torch.randn(1, 7, 2), "gelu", None)
     with pytest.raises(RuntimeError, match="fffcore::cmm has no gradient"):
         logits.sum().backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (torch.cuda.is_available() is False)")
+def test_an_fff_layer_trains_on_cuda_with_the_gradients_of_the_cpu():
+    torch.manual_seed(0)
+    layer = FFFLayer(32, 16, depth=5, trees=2, dtype=torch.float64)
+    x, target = torch.randn(300, 32, dtype=torch.float64), torch.randn(300, 16, dtype=torch.float64)
+    torch.nn.functional.mse_loss(layer(x), target).backward()
+    on_cpu = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    layer.cuda()
+    torch.nn.functional.mse_loss(layer(x.cuda()), target.cuda()).backward()
+    for cpu_grad, parameter in zip(on_cpu, layer.parameters(), strict=True):
+        # float64 sums in another order (atomic adds on CUDA): relative 1e-10 of the largest element
+        torch.testing.assert_close(parameter.grad.cpu(), cpu_grad, rtol=0, atol=1e-10 * float(cpu_grad.abs().max()))

@@ -28,18 +28,22 @@ def _row_gradients(x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x
     for b in prange(rows):
         for j in range(x.shape[1]):
             grad_x[b, j] = zero
+        g_row = g[b]
+        grad_row = grad_x[b]
         for k in range(trees):
             for level in range(levels):
                 n = nodes[b, k, level]
                 z = np.float64(logits[b, k, level])
+                w_out_row = w_out[k, n]
                 h = zero
-                for j in range(g.shape[1]):
-                    h += g[b, j] * w_out[k, n, j]
+                for j in range(g_row.shape[0]):
+                    h += g_row[j] * w_out_row[j]
                 d = h * (zero + slope(code, z))
                 dz[b, k, level] = d
                 activated[b, k, level] = zero + activate(code, z)
-                for j in range(x.shape[1]):
-                    grad_x[b, j] += d * w_in[k, n, j]
+                w_in_row = w_in[k, n]
+                for j in range(grad_row.shape[0]):
+                    grad_row[j] += d * w_in_row[j]
 
 
 @njit(cache=True)
@@ -76,20 +80,24 @@ def _node_gradients(x, g, dz, activated, tree, start, order, has_bias, grad_w_in
         hi = start[n + 1]
         if item % 2 == 0:
             total = grad_b_in[tree, n]
+            target = grad_w_in[tree, n]
             for e in range(lo, hi):
                 b = order[e] // levels
                 d = dz[b, tree, order[e] - b * levels]
                 total += d
-                for c in range(x.shape[1]):
-                    grad_w_in[tree, n, c] += d * x[b, c]
+                source = x[b]
+                for c in range(target.shape[0]):
+                    target[c] += d * source[c]
             if has_bias:
                 grad_b_in[tree, n] = total
         else:
+            target = grad_w_out[tree, n]
             for e in range(lo, hi):
                 b = order[e] // levels
                 a = activated[b, tree, order[e] - b * levels]
-                for c in range(g.shape[1]):
-                    grad_w_out[tree, n, c] += a * g[b, c]
+                source = g[b]
+                for c in range(target.shape[0]):
+                    target[c] += a * source[c]
 
 
 def run_backward(
