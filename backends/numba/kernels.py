@@ -58,22 +58,27 @@ SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
-def _dot1(x, row, w, tree, node):
-    """``x[row] . w[tree, node]`` in the dtype of ``x``."""
-    total = x.dtype.type(0)
+def _dot1(x, row, w, tree, node, start):
+    """``start + x[row] . w[tree, node]`` in the dtype of ``x``: the logit, with the bias (or 0) as ``start``.
+
+    The bias starts the sum rather than being added to it: the compiler may fuse an add that follows the
+    sum with its last multiply into one FMA, and whether it does depends on the code around it (it did
+    in the parallel row groups' leftover rows and not elsewhere), so every kernel sums in here alone.
+    """
+    total = start
     for i in range(x.shape[1]):
         total += x[row, i] * w[tree, node, i]
     return total
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
-def _dot4_shared(x, r0, r1, r2, r3, w, tree, node):
-    """Four rows against one weight vector: one weight load feeds four FMAs."""
-    zero = x.dtype.type(0)
-    s0 = zero
-    s1 = zero
-    s2 = zero
-    s3 = zero
+def _dot4_shared(x, r0, r1, r2, r3, w, tree, node, start):
+    """Four rows against one weight vector, each sum begun at ``start`` as in :func:`_dot1`: one weight
+    load feeds four FMAs."""
+    s0 = start
+    s1 = start
+    s2 = start
+    s3 = start
     for i in range(x.shape[1]):
         weight = w[tree, node, i]
         s0 += x[r0, i] * weight
@@ -98,9 +103,7 @@ def _walk_row(x, row, w_in, b_in, has_bias, tree, logits, nodes):
     """Row ``row`` of ``x`` down tree ``tree``: its logit and node at each level, into (L,) ``logits`` and ``nodes``."""
     node = 0
     for level in range(logits.shape[0]):
-        z = _dot1(x, row, w_in, tree, node)
-        if has_bias:
-            z += b_in[tree, node]
+        z = _dot1(x, row, w_in, tree, node, b_in[tree, node] if has_bias else x.dtype.type(0))
         logits[level] = z
         nodes[level] = node
         node = 2 * node + (2 if z > 0 else 1)  # NaN and zero go left
@@ -116,20 +119,16 @@ def _walk_group(x, r, w_in, b_in, has_bias, tree, logits, nodes):
     kernel it lands in. (One loop over all four rows ran 8-14% faster at 4-1024 rows, but the
     compiler vectorised its sums in another order, so a row's last bits depended on its batch.)
     """
+    zero = x.dtype.type(0)
     n0 = 0
     n1 = 0
     n2 = 0
     n3 = 0
     for level in range(logits.shape[1]):
-        s0 = _dot1(x, r, w_in, tree, n0)
-        s1 = _dot1(x, r + 1, w_in, tree, n1)
-        s2 = _dot1(x, r + 2, w_in, tree, n2)
-        s3 = _dot1(x, r + 3, w_in, tree, n3)
-        if has_bias:
-            s0 += b_in[tree, n0]
-            s1 += b_in[tree, n1]
-            s2 += b_in[tree, n2]
-            s3 += b_in[tree, n3]
+        s0 = _dot1(x, r, w_in, tree, n0, b_in[tree, n0] if has_bias else zero)
+        s1 = _dot1(x, r + 1, w_in, tree, n1, b_in[tree, n1] if has_bias else zero)
+        s2 = _dot1(x, r + 2, w_in, tree, n2, b_in[tree, n2] if has_bias else zero)
+        s3 = _dot1(x, r + 3, w_in, tree, n3, b_in[tree, n3] if has_bias else zero)
         logits[0, level] = s0
         logits[1, level] = s1
         logits[2, level] = s2
@@ -296,10 +295,11 @@ def _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, first, last, l
             stop = start + 1
             while stop < m and node[stop] == current:
                 stop += 1
+            bias = b_in[tree, current] if has_bias else x.dtype.type(0)
             i = start
             while i + 4 <= stop:
                 s0, s1, s2, s3 = _dot4_shared(
-                    x, order[i], order[i + 1], order[i + 2], order[i + 3], w_in, tree, current
+                    x, order[i], order[i + 1], order[i + 2], order[i + 3], w_in, tree, current, bias
                 )
                 values[i] = s0
                 values[i + 1] = s1
@@ -307,12 +307,8 @@ def _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, first, last, l
                 values[i + 3] = s3
                 i += 4
             while i < stop:
-                values[i] = _dot1(x, order[i], w_in, tree, current)
+                values[i] = _dot1(x, order[i], w_in, tree, current, bias)
                 i += 1
-            if has_bias:
-                bias = b_in[tree, current]
-                for j in range(start, stop):
-                    values[j] += bias
             start = stop
         # Record, then branch (strictly > 0: zero and NaN go left), keeping each
         # run's left children before its right children so the order stays sorted.
