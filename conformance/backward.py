@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fffcore.arrays import array_type
 from fffcore.conformance import checks, tolerances
 from fffcore.conformance.adapters import adapter_for, round_to_dtype
 from fffcore.conformance.cases import Built, Case
@@ -152,7 +153,7 @@ def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
             continue
         if got is None:
             raise PropertyFailure(f"grad {name}: None, expected an array")
-        if array_type_of(got) != case.array_type:
+        if array_type(got) != case.array_type:
             raise PropertyFailure(f"grad {name}: a {type(got).__name__}, expected a {case.array_type} array like x")
         actual = adapter.to_numpy(got).astype(np.float64)
         expected = oracle.values[name]
@@ -177,9 +178,3 @@ def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
                 + (", exact: integer data" if exact else "")
                 + ")"
             )
-
-
-def array_type_of(array: object) -> str:
-    from fffcore.arrays import array_type
-
-    return array_type(array)

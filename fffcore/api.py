@@ -52,12 +52,13 @@ def cmm(x: Any, params: FFFParams, backend: str | None = None) -> CMMResult:
         ``nodes`` (..., K, D+1) int64, in the array type of ``x`` and on its device
         (see :mod:`fffcore.bridging` for arrays a backend takes through a bridge).
     """
-    if array_type(x) == "dask":
+    kind = array_type(x)
+    if kind == "dask":
         from fffcore.dask_arrays import dask_cmm
 
         return CMMResult(*dask_cmm(x, params, backend))
     x = _as_array(x)
-    if array_type(x) == "torch":
+    if kind == "torch":
         _refuse_torch_tracing("cmm")
     return run_cmm(x, params, backend)
 
@@ -75,12 +76,13 @@ def fff(x: Any, params: FFFParams, backend: str | None = None) -> Any:
         (..., d_out) array in ``params.dtype``, in the array type of ``x`` and on its device.
         The result never carries an autograd graph: FFF layers here are for inference.
     """
-    if array_type(x) == "dask":
+    kind = array_type(x)
+    if kind == "dask":
         from fffcore.dask_arrays import dask_fff
 
         return dask_fff(x, params, backend)
     x = _as_array(x)
-    if array_type(x) == "torch":
+    if kind == "torch":
         _refuse_torch_tracing("fff")
     return run_fff(x, params, backend)
 
@@ -242,24 +244,5 @@ def backward_dispatch(x: Any, params: FFFParams, name: str | None) -> Dispatch:
             f"backend {dispatch.backend.name!r} does not implement the backward pass; "
             "`fff backends` lists the backends that do (backward: yes)"
         )
-    from fffcore.registry import registry
-    from fffcore.selection import takes
-
     kind = array_type(x)
-    device = array_device(x, kind)
-    current = registry()
-    candidates = sorted(
-        (
-            backend
-            for backend in current.backends.values()
-            if backend.backward
-            and takes(backend, kind, device)
-            and params.dtype in backend.dtypes
-            and params.activation in backend.activations
-        ),
-        key=lambda backend: -backend.priority,
-    )
-    for backend in candidates:
-        if current.availability(backend.name).available:
-            return dispatch_for(x, params, backend.name)
-    raise TypeError(f"x: no available backend computes the backward pass of {params.dtype} layers on {kind} arrays")
+    return dispatch_for(x, params, automatic_backend(kind, array_device(x, kind), params, backward=True).name)

@@ -128,13 +128,15 @@ def _environment_backend() -> str | None:
     return os.environ.get(BACKEND_VARIABLE)
 
 
-def automatic_backend(kind: str, device: str, params: FFFParams | None) -> Backend:
-    """The available backend of highest priority for ``kind`` arrays on ``device`` and these parameters."""
+def automatic_backend(kind: str, device: str, params: FFFParams | None, *, backward: bool = False) -> Backend:
+    """The available backend of highest priority for ``kind`` arrays on ``device`` and these parameters;
+    with ``backward``, among those that declare it (``fffcore.fff_backward``)."""
     if params is None:
-        key = (kind, device, "", "", "", "")
+        key = (kind, device, "", "", "", "", backward)
     else:
         params_kind = params.array_type
-        key = (kind, device, params.dtype, params.activation, params_kind, array_device(params.w_in, params_kind))
+        params_on = array_device(params.w_in, params_kind)
+        key = (kind, device, params.dtype, params.activation, params_kind, params_on, backward)
     backend = _automatic.get(key)
     if backend is None:
         backend = _choose_automatically(*key)
@@ -175,13 +177,14 @@ def takes(backend: Backend, kind: str, device: str) -> bool:
 
 
 def _choose_automatically(
-    kind: str, device: str, dtype: str, activation: str, params_kind: str, params_on: str
+    kind: str, device: str, dtype: str, activation: str, params_kind: str, params_on: str, backward: bool = False
 ) -> Backend:
     current = registry()
     candidates = [
         backend
         for backend in current.backends.values()
-        if takes(backend, kind, device)
+        if (backend.backward or not backward)
+        and takes(backend, kind, device)
         and (not dtype or dtype in backend.dtypes)
         and (not activation or activation in backend.activations)
         and (not params_kind or _takes_params(backend, params_kind, params_on))
@@ -193,6 +196,8 @@ def _choose_automatically(
             return backend
     accepting = sorted(backend.name for backend in candidates)
     what = f"{kind} arrays on {device}" + (f" with {dtype} {activation} parameters" if dtype else "")
+    if backward:
+        what += " and computes the backward pass"
     hint = f"; backends for them: {', '.join(accepting)} (see `fff backends`)" if accepting else ""
     raise TypeError(f"x: no available backend takes {what}{hint}")
 
