@@ -1,6 +1,6 @@
 """The one table of benchmark cases: shapes, implementations, and their pairs.
 
-Both the pytest-benchmark suite (``benchmarks/test_bench_fff.py``) and
+Both the pytest-benchmark suite (``benchmarks/test_suite/test_bench_fff.py``) and
 ``fff compare`` draw their cases from here, so the two always measure the
 same things. Everything is named by plain strings: a shape has an ``id``
 (``"d768-D11-K1-B128-float32"``), an implementation an id such as

@@ -8,7 +8,7 @@
 #   4. fff check cupy --dtype float16    (the undeclared float16 variant, declared for this step only
 #                                         through FFFCORE_CUPY_FLOAT16=1)
 #   5. fff check torch --device cuda     (the torch backend on CUDA)
-#   6. the test suite's CUDA tests, and FFFInference on CUDA tensors (benchmarks/torch_module.py)
+#   6. the test suite's CUDA tests, and FFFInference on CUDA tensors (benchmarks/studies/torch_module.py)
 #   7. the benchmark: cupy FFF vs torch dense Linear-GELU-Linear (cuBLAS), width 768, depth 11,
 #      batches 1/128/4096/16384/65536, float32 (also against TF32 dense) and bfloat16,
 #      into benchmarks/results/gpu_<stamp>.json and a plot of time against batch, gpu_<stamp>.png
@@ -67,9 +67,10 @@ SHIM=$(mktemp -d)
 mkdir -p "$SHIM/fffcore"
 for entry in "$ROOT"/fffcore/*; do ln -s "$entry" "$SHIM/fffcore/"; done
 for package in reference backends conformance benchmarks; do ln -s "$ROOT/$package" "$SHIM/fffcore/$package"; done
+ln -s "$ROOT/benchmarks" "$SHIM/benchmarks"  # the studies, run as python -m benchmarks.studies.NAME from the root
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 cd "$SHIM"
-if ! timeout 60 "$PYTHON" -c "import fffcore.cli, fffcore.benchmarks.gpu_bench" >"$LOG_DIR/import.log" 2>&1; then
+if ! timeout 60 "$PYTHON" -c "import fffcore.cli, benchmarks.studies.gpu_bench" >"$LOG_DIR/import.log" 2>&1; then
     echo "=== cannot import fffcore from $ROOT through $SHIM with $PYTHON; nothing else was run:"
     cat "$LOG_DIR/import.log"
     printf '{"schema": 1, "mode": "gpu", "errors": ["fffcore could not be imported; see %s"]}\n' \
@@ -95,16 +96,16 @@ run_step check_torch_cuda 80 "${FFF[@]}" check torch --device cuda --max-example
 
 # 6. The test suite's CUDA halves (zero-copy bridging of CUDA tensors, the torch backend, the custom
 #    operators and training on CUDA), and FFFInference on CUDA tensors against cuBLAS dense layers.
-run_step cuda_tests 180 "$PYTHON" -m pytest "$ROOT/tests/test_bridging.py" "$ROOT/tests/test_torch_ops.py" \
-    "$ROOT/tests/test_torch_backend.py" "$ROOT/tests/test_training.py" -q -rs -p no:cacheprovider
+run_step cuda_tests 180 "$PYTHON" -m pytest "$ROOT/tests/core/test_bridging.py" "$ROOT/tests/torch/test_torch_ops.py" \
+    "$ROOT/tests/backends/test_torch_backend.py" "$ROOT/tests/torch/test_training.py" -q -rs -p no:cacheprovider
 MODULE_RESULTS="$RESULTS_DIR/gpu_torch_module_$STAMP.json"
-run_step torch_module 150 "$PYTHON" -m fffcore.benchmarks.torch_module --device cuda --json "$MODULE_RESULTS"
+run_step torch_module 150 "$PYTHON" -m benchmarks.studies.torch_module --device cuda --json "$MODULE_RESULTS"
 
 # 7. The benchmark; it records the steps above in its results file.
 BENCH_OPTIONS=()
 [ "$DRY_RUN" = 1 ] && BENCH_OPTIONS+=("--dry-run")
 echo "=== benchmark (limit 200s)"
-timeout --kill-after=5 200 "$PYTHON" -m fffcore.benchmarks.gpu_bench --out "$RESULTS" --plot "${RESULTS%.json}.png" \
+timeout --kill-after=5 200 "$PYTHON" -m benchmarks.studies.gpu_bench --out "$RESULTS" --plot "${RESULTS%.json}.png" \
     "${BENCH_OPTIONS[@]}" \
     "${STEPS[@]}" 2>&1 | tee "$LOG_DIR/benchmark.log"
 code=${PIPESTATUS[0]}

@@ -163,24 +163,25 @@ def prepare(case: Case, rows: int | None = None) -> Prepared:
 
 
 def _prepare_backend(case: Case, pool: list[np.ndarray]) -> Prepared:
-    import fffcore
+    from fffcore.api import cmm, fff
+    from fffcore.registry import registry
 
     name = case.implementation.split(":", 1)[1]
-    backend = fffcore.get_backend(name)
+    backend = registry().get(name)
     params = params_for(case.shape)
     library = backend.array_types[0]
     device = "cpu" if "cpu" in backend.devices else backend.devices[0]
     there = [to_library(x, library, device) for x in pool]
 
     def call_on(x_there: Any) -> Any:
-        y = fffcore.fff(x_there, params, backend=name)
+        y = fff(x_there, params, backend=name)
         synchronize(y)
         return y
 
     def path() -> np.ndarray:
         from fffcore.benchmarks.transfer import to_numpy
 
-        return to_numpy(fffcore.cmm(there[0], params, backend=name).nodes)
+        return to_numpy(cmm(there[0], params, backend=name).nodes)
 
     return Prepared(
         case,

@@ -1,19 +1,26 @@
-"""Timing a call: warm-up, calibrated repetitions, median and spread.
+"""Timing calls: the one timing helper of the engine behind ``fff compare`` and of every study in
+benchmarks/studies/.
 
-Each implementation is timed on its own, start to finish, rather than in
-turns with the others: BLAS, OpenMP and numba thread pools keep spinning for
-a while after each call, so alternating libraries makes each one run against
-the previous one's spinning threads (measured here: a 1-row dense layer took
-about 1.5x longer in turns with torch than on its own). The warm-up calls
-absorb what is left of the previous implementation's spinning.
+:func:`time_call` times one implementation the way ``fff compare`` does: warm-up, calibrated
+repetitions, median and spread. Each implementation is timed on its own, start to finish, rather than
+in turns with the others: BLAS, OpenMP and numba thread pools keep spinning for a while after each
+call, so alternating libraries makes each one run against the previous one's spinning threads
+(measured here: a 1-row dense layer took about 1.5x longer in turns with torch than on its own). The
+warm-up calls absorb what is left of the previous implementation's spinning.
+
+The studies build their own schedules from smaller parts: :func:`seconds_per_call` read on a
+:class:`Stopwatch` (the host clock, with a device's synchronisation where work is queued, or a GPU's
+events), :func:`rotating` inputs, and :func:`round_robin`, which times implementations in turns so
+that the ratios taken within one round stay fair on a shared machine.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +35,39 @@ REPEATS = 7
 MIN_REPEATS = 3
 #: Seconds of sampling per implementation; past it, its sampling stops once MIN_REPEATS samples are taken.
 BUDGET_SECONDS = 1.0
+
+#: Seconds now, on any fixed origin: :func:`time.perf_counter` (or :func:`time.process_time`, or a fake in tests).
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Stopwatch:
+    """Measures a stretch of calls: ``start()`` returns a mark; ``stop(mark)`` the seconds since it,
+    once the work issued in between has finished (so a GPU's queued work is timed, not its launch)."""
+
+    start: Callable[[], Any]
+    stop: Callable[[Any], float]
+
+
+def host_stopwatch(clock: Clock = time.perf_counter, synchronize: Callable[[], None] | None = None) -> Stopwatch:
+    """A stopwatch on ``clock``. ``synchronize()``, where given, waits for a device's queued work before
+    each reading: at the start, so earlier work is not counted; at the stop, so the calls' work is."""
+
+    def start() -> float:
+        if synchronize is not None:
+            synchronize()
+        return clock()
+
+    def stop(mark: float) -> float:
+        if synchronize is not None:
+            synchronize()
+        return clock() - mark
+
+    return Stopwatch(start, stop)
+
+
+#: Wall time on the host, for calls that wait for their own work.
+WALL = host_stopwatch()
 
 
 @dataclass
@@ -66,7 +106,10 @@ class Timing:
 
 
 def warm_up(
-    call: Callable[[], Any], min_sample: float = MIN_SAMPLE_SECONDS, seconds: float = WARM_UP_SECONDS
+    call: Callable[[], Any],
+    min_sample: float = MIN_SAMPLE_SECONDS,
+    seconds: float = WARM_UP_SECONDS,
+    clock: Clock = time.perf_counter,
 ) -> Timing:
     """Untimed calls: the first is recorded as ``first_call``; then calls for ``seconds`` (and
     ``min_sample``) at least, the mean of the last ``min_sample`` seconds of which sets the calls
@@ -77,31 +120,31 @@ def warm_up(
     of a pool), so it would set too few calls per sample, and the first samples would still be
     warming up. Returns a :class:`Timing` without samples yet.
     """
-    start = time.perf_counter()
+    start = clock()
     call()
-    first_call = time.perf_counter() - start
-    began = time.perf_counter()
+    first_call = clock() - start
+    began = clock()
     while True:
         calls = 0
-        start = time.perf_counter()
+        start = clock()
         while True:
             output = call()
             calls += 1
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if elapsed >= min_sample:
                 break
-        if time.perf_counter() - began >= seconds:
+        if clock() - began >= seconds:
             break
     number = max(1, math.ceil(min_sample / max(elapsed / calls, 1e-9)))
     return Timing([], number, first_call, output)
 
 
-def take_sample(call: Callable[[], Any], timing: Timing) -> None:
+def take_sample(call: Callable[[], Any], timing: Timing, clock: Clock = time.perf_counter) -> None:
     """Run ``call`` ``timing.number`` times and append the mean seconds per call."""
-    start = time.perf_counter()
+    start = clock()
     for _ in range(timing.number):
         timing.output = call()
-    timing.samples.append((time.perf_counter() - start) / timing.number)
+    timing.samples.append((clock() - start) / timing.number)
 
 
 def time_call(
@@ -113,24 +156,70 @@ def time_call(
     min_sample: float = MIN_SAMPLE_SECONDS,
     warm_up_seconds: float = WARM_UP_SECONDS,
     after_each: Callable[[], None] | None = None,
+    clock: Clock = time.perf_counter,
 ) -> Timing:
     """Time ``call`` (which must wait for its device itself): warm-up, then up to ``repeats`` samples.
 
     Sampling stops early, never under ``min_repeats`` samples, once the next
     sample would overrun ``budget`` seconds. ``after_each()`` is called after
-    the warm-up and after each sample (for progress).
+    the warm-up and after each sample (for progress). ``clock`` reads the time (a fake one in tests).
     """
     if repeats < 1 or min_repeats < 1:
         raise ValueError(f"repeats, min_repeats: expected >= 1, got {repeats}, {min_repeats}")
-    timing = warm_up(call, min_sample, warm_up_seconds)
+    timing = warm_up(call, min_sample, warm_up_seconds, clock)
     if after_each is not None:
         after_each()
-    began = time.perf_counter()
+    began = clock()
     while len(timing.samples) < repeats:
-        take_sample(call, timing)
+        take_sample(call, timing, clock)
         if after_each is not None:
             after_each()
-        spent = time.perf_counter() - began
+        spent = clock() - began
         if len(timing.samples) >= min(min_repeats, repeats) and spent + timing.samples[-1] * timing.number > budget:
             break
     return timing
+
+
+# --- the parts the studies build their schedules from ------------------------------------------
+
+
+def seconds_per_call(call: Callable[[], Any], number: int = 1, stopwatch: Stopwatch = WALL) -> float:
+    """Mean seconds per call of ``number`` calls of ``call`` in a row, read once around them all."""
+    mark = stopwatch.start()
+    for _ in range(number):
+        call()
+    return stopwatch.stop(mark) / number
+
+
+def rotating(call: Callable[[Any], Any], inputs: Sequence[Any]) -> Callable[[], Any]:
+    """``call`` on the next of ``inputs`` each time, the first first: a timed call that does not read
+    the same input (from a warm cache) every time."""
+    cycle = itertools.cycle(inputs)
+    return lambda: call(next(cycle))
+
+
+def round_robin(
+    calls: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    warm_up_rounds: int = 0,
+    number: int = 1,
+    stopwatch: Stopwatch = WALL,
+    sample: Callable[[Callable[[], Any]], float] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls``, timed in turns: each round takes one sample of each, in
+    order; ``warm_up_rounds`` untimed rounds first. In turns, a change of load on the machine hits every
+    implementation alike, so the ratios of per-round samples stay fair.
+
+    A sample is :func:`seconds_per_call` of ``number`` calls on ``stopwatch``, or ``sample(call)``
+    where given (for samples that size themselves). Returns name -> ``rounds`` samples, in order.
+    """
+    take = sample if sample is not None else (lambda call: seconds_per_call(call, number, stopwatch))
+    for _ in range(warm_up_rounds):
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            samples[name].append(take(call))
+    return samples

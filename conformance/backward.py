@@ -125,7 +125,8 @@ def oracle_gradients(built: Built, nodes: np.ndarray, g64: np.ndarray, accumulat
 
 def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
     """Run ``cmm`` and ``fff_backward`` on the case and compare every gradient with the oracle's."""
-    import fffcore
+    from fffcore.api import cmm
+    from fffcore.backward import fff_backward
 
     built = case.build()
     layer = case.layer
@@ -137,8 +138,8 @@ def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
     g_native = adapter.from_numpy(g.reshape((*leading, layer.d_out)), layer.dtype, adapter.device_of(x))
     with np.errstate(all="ignore"):
         try:
-            nodes = adapter.to_numpy(fffcore.cmm(x, built.params, backend=target.backend).nodes)
-            result = fffcore.fff_backward(x, built.params, g_native, backend=target.backend)
+            nodes = adapter.to_numpy(cmm(x, built.params, backend=target.backend).nodes)
+            result = fff_backward(x, built.params, g_native, backend=target.backend)
         except Exception as error:
             raise PropertyFailure(f"fff_backward raised {type(error).__name__}: {error}") from error
     nodes = nodes.reshape(rows, layer.trees, layer.depth + 1)

@@ -5,7 +5,7 @@
     >>> fffcore.fff(np.ones((3, 8), np.float32), params).shape
     (3, 4)
 
-See :mod:`fffcore.spec` for the exact semantics, :mod:`fffcore.selection`
+See :mod:`fffcore.spec` for the exact semantics, :mod:`fffcore.plan`
 for how a backend is chosen, and :mod:`fffcore.hookspecs` for writing one.
 """
 
@@ -15,9 +15,9 @@ from fffcore.backend import Availability, Backend
 from fffcore.backward import FFFGradients, fff_backward
 from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl
 from fffcore.params import FFFParams
+from fffcore.plan import resolve_backend, use_backend
 from fffcore.registry import BackendInfo, BackendUnavailableError, UnknownBackendError
 from fffcore.registry import registry as _registry
-from fffcore.selection import resolve_backend, use_backend
 from fffcore.spec import ACTIVATIONS
 from fffcore.warmup import warmup
 

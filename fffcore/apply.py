@@ -126,9 +126,9 @@ def default_chunk_rows(source: DiskArray) -> int:
 
 def layer_hash(params: FFFParams) -> str:
     """A hash of the layer's values and activation (the key it has in Dask graphs)."""
-    from fffcore.dask_arrays import _params_token
+    from fffcore.dask_arrays import params_token
 
-    return _params_token(params)
+    return params_token(params)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
-"""Which library an array belongs to, found without importing that library."""
+"""What an array is: its library, its device, and whether fffcore can compute with it.
+
+Found without importing the array's library: ``type(x).__module__`` names it, and the answer is
+cached per class. :func:`inspect_array` is the one place a call's ``x`` is looked at.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
+
+import numpy as np
 
 _ARRAY_TYPE_BY_CLASS: dict[type, str] = {}
 
@@ -31,6 +37,59 @@ def array_type(x: Any) -> str:
                     break
         _ARRAY_TYPE_BY_CLASS[cls] = name
     return name
+
+
+def array_device(x: Any, kind: str) -> str:
+    """The device type ``x`` lives on: ``"cpu"`` for numpy, ``"cuda"`` for cupy, torch's own otherwise."""
+    if kind == "numpy":
+        return "cpu"
+    if kind == "torch":
+        # is_cpu and is_cuda are plain flags; x.device builds a new object on every access.
+        return "cpu" if x.is_cpu else ("cuda" if x.is_cuda else str(x.device.type))
+    if kind == "cupy":
+        return "cuda"
+    device = getattr(x, "device", "cpu")
+    return str(getattr(device, "type", device))
+
+
+def describe_device(x: Any, kind: str) -> str:
+    """``x``'s library and device for error messages, e.g. ``"a torch tensor on cuda:0"``."""
+    if kind == "torch":
+        return f"a torch tensor on {x.device}"
+    if kind == "cupy":
+        return f"a cupy array on cuda:{x.device.id}"
+    return f"a {kind} array on {array_device(x, kind)}"
+
+
+def inspect_array(x: Any, name: str = "x") -> tuple[Any, str, str]:
+    """``(x, array type, device)``: the argument as an array fffcore can hand on, looked at once.
+
+    numpy, torch and cupy arrays come back as they are (numpy scalars too, as 0-D arrays would);
+    anything else with a ``shape`` and a ``dtype`` (a Dask array) is taken as it is;
+    lists and scalars become numpy arrays. Refused here with a ``TypeError`` naming ``name``:
+    numpy masked arrays (their mask would be ignored), sparse torch tensors and meta tensors
+    (no values), and what numpy cannot turn into an array.
+    """
+    cls = type(x)
+    kind = _ARRAY_TYPE_BY_CLASS.get(cls) or array_type(x)
+    if kind == "numpy":
+        return x, kind, "cpu"
+    if kind == "torch":
+        # Checked inline: a dense tensor with values is the common case, worth no extra call.
+        if x.layout is not sys.modules["torch"].strided or x.is_meta:
+            require_dense_tensor(x, name)
+        return x, kind, "cpu" if x.is_cpu else ("cuda" if x.is_cuda else str(x.device.type))
+    if kind == "cupy":
+        return x, kind, "cuda"
+    if kind == "numpy.ma":
+        raise masked_array_error(name)
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        try:
+            x = np.asarray(x)
+        except Exception as error:  # ragged lists and the like
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__}: {error}") from error
+        return x, "numpy", "cpu"
+    return x, kind, array_device(x, kind)
 
 
 def require_dense_tensor(tensor: Any, name: str) -> None:
@@ -65,8 +124,6 @@ def numpy_rows(x: Any, dtype: str) -> Any:
     strided or of another floating dtype. When ``x`` already is such an array
     it is returned itself, not a copy, so callers must only read the result.
     """
-    import numpy as np
-
     return np.ascontiguousarray(x, dtype=dtype)
 
 

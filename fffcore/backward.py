@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from fffcore.arrays import inspect_array
 from fffcore.params import FFFParams
+from fffcore.plan import plan_for
 
 
 class FFFGradients(NamedTuple):
@@ -46,29 +48,7 @@ def fff_backward(x: Any, params: FFFParams, grad_y: Any, backend: str | None = N
         backend: a backend that declares ``backward``; None: the one :func:`fffcore.fff` would take when
             it declares it, else the available backend of highest priority that does and takes ``x``.
     """
-    from fffcore.api import _as_array, backward_dispatch
-    from fffcore.arrays import array_type
-    from fffcore.spec import FLOATING_DTYPES, dtype_name, is_floating
-
-    x = _as_array(x)
-    grad_y = _as_array(grad_y)
-    if array_type(grad_y) != array_type(x):
-        raise TypeError(f"grad_y: expected a {array_type(x)} array like x, got {array_type(grad_y)}")
-    expected = tuple(x.shape[:-1]) + (params.d_out,) if len(x.shape) else None
-    if expected is None or tuple(grad_y.shape) != expected:
-        raise ValueError(f"grad_y: expected shape {expected} (x's, with d_out last), got {tuple(grad_y.shape)}")
-    if not is_floating(dtype_name(grad_y.dtype)):
-        raise TypeError(f"grad_y: expected a real floating dtype {FLOATING_DTYPES}, got {dtype_name(grad_y.dtype)}")
-    dispatch = backward_dispatch(x, params, backend)
-    bridge = dispatch.bridge
-    rows = x if bridge is None else bridge.to_target(x, params.dtype)
-    grads = grad_y if bridge is None else bridge.to_target(grad_y, params.dtype)
-    leading = tuple(rows.shape[:-1])
-    grad_x, grad_w_in, grad_b_in, grad_w_out = dispatch.backend.fff_backward(
-        rows.reshape(-1, params.d_in), dispatch.bridged_params or params, grads.reshape(-1, params.d_out)
-    )
-    grad_x = grad_x.reshape(leading + (params.d_in,))
-    if bridge is not None:
-        grad_x, grad_w_in, grad_w_out = (bridge.to_source(a) for a in (grad_x, grad_w_in, grad_w_out))
-        grad_b_in = None if grad_b_in is None else bridge.to_source(grad_b_in)
-    return FFFGradients(grad_x, grad_w_in, grad_b_in, grad_w_out)
+    x, kind, device = inspect_array(x)
+    grad_y, grad_kind, _ = inspect_array(grad_y, "grad_y")
+    plan = plan_for(x, kind, device, params, backend, backward=True)
+    return FFFGradients(*plan.backward(x, params, grad_y, grad_kind))

@@ -18,7 +18,7 @@ On a CUDA stream other than torch's default one, ``cupy.from_dlpack`` is used
 instead of the address view, so that DLPack's exchange orders cupy's work after
 torch's. Copies are made only where sharing is impossible, once per call for
 ``x`` and once per parameters object for the weights (the core keeps the
-bridged parameters with its dispatch decision): a bfloat16 tensor for a
+bridged parameters in the call's plan, :mod:`fffcore.plan`): a bfloat16 tensor for a
 library without bfloat16 (numpy, cupy) is first converted, by torch, to the
 parameters' dtype (the dtype of the computation anyway); a read-only numpy
 array, or one in the byte order that is not the machine's, is copied for
@@ -63,19 +63,6 @@ class Bridge:
     to_source: Callable[[Any], Any]
 
 
-def array_device(x: Any, kind: str) -> str:
-    """The device type ``x`` lives on: ``"cpu"`` for numpy, ``"cuda"`` for cupy, torch's own otherwise."""
-    if kind == "numpy":
-        return "cpu"
-    if kind == "torch":
-        # is_cpu and is_cuda are plain flags; x.device builds a new object on every access.
-        return "cpu" if x.is_cpu else ("cuda" if x.is_cuda else str(x.device.type))
-    if kind == "cupy":
-        return "cuda"
-    device = getattr(x, "device", "cpu")
-    return str(getattr(device, "type", device))
-
-
 def find_bridge(source: str, device: str, targets: tuple[str, ...]) -> Bridge | None:
     """The first bridge from ``source`` arrays on ``device`` to one of ``targets``, or None."""
     for target in targets:
@@ -83,15 +70,6 @@ def find_bridge(source: str, device: str, targets: tuple[str, ...]) -> Bridge | 
         if bridge is not None:
             return bridge
     return None
-
-
-def describe_device(x: Any, kind: str) -> str:
-    """``x``'s library and device for error messages, e.g. ``"a torch tensor on cuda:0"``."""
-    if kind == "torch":
-        return f"a torch tensor on {x.device}"
-    if kind == "cupy":
-        return f"a cupy array on cuda:{x.device.id}"
-    return f"a {kind} array on {array_device(x, kind)}"
 
 
 # --- torch <-> numpy, on the CPU -------------------------------------------------------------------
@@ -150,7 +128,7 @@ def _torch_to_cupy(x: Any, dtype: str) -> Any:
     if x.dtype is torch.bfloat16:  # cupy's kernels take no bfloat16: one conversion, by torch
         x = x.to(getattr(torch, dtype))
     if _current_stream(torch, x.device.index) == 0:
-        return _cupy_view_of(cupy, x)
+        return cupy_view_of(cupy, x)
     # On another stream than the default one, DLPack's exchange orders cupy's work after torch's.
     return cupy.from_dlpack(x)
 
@@ -163,7 +141,7 @@ def _current_stream(torch: Any, device_index: int) -> int:
     return int(torch.cuda.current_stream(device_index).cuda_stream)
 
 
-def _cupy_view_of(cupy: Any, x: Any) -> Any:
+def cupy_view_of(cupy: Any, x: Any) -> Any:
     """A cupy array over a CUDA tensor's memory, built from its address, shape and strides.
 
     Only for tensors of torch's default stream, which is also cupy's: work on one stream runs
@@ -213,22 +191,4 @@ _BRIDGES: dict[tuple[str, str, str], Bridge] = {
 }
 
 
-# --- parameters ------------------------------------------------------------------------------------
-
-
-def bridged_params(params: Any, bridge: Bridge) -> Any:
-    """``params`` as :class:`~fffcore.FFFParams` of ``bridge.target`` arrays sharing their memory.
-
-    bfloat16 parameters cannot cross into numpy or cupy: the caller's capability checks
-    reject them before this is reached.
-    """
-    from fffcore.params import FFFParams
-
-    w_in, b_in, w_out = (
-        None if a is None else bridge.to_target(a, params.dtype) for a in (params.w_in, params.b_in, params.w_out)
-    )
-    # Views of the caller's parameters, whose own checks (torch version counters) cover them.
-    return FFFParams(w_in, b_in, w_out, params.activation, copy=False)
-
-
-__all__ = ["Bridge", "array_device", "bridged_params", "describe_device", "find_bridge"]
+__all__ = ["Bridge", "cupy_view_of", "find_bridge"]

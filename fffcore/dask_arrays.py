@@ -13,11 +13,14 @@ merged here, with rows per block lowered where needed to keep blocks within Dask
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any
 
 import numpy as np
 
+from fffcore.arrays import host_values, inspect_array
 from fffcore.params import FFFParams
+from fffcore.plan import check_input_shape, plan_for
 
 
 def dask_fff(x: Any, params: FFFParams, backend: str | None, params_in_graph: Any = None) -> Any:
@@ -77,16 +80,13 @@ def dask_cmm(x: Any, params: FFFParams, backend: str | None) -> tuple[Any, Any]:
 
 
 def _fff_block(block: Any, params: FFFParams, backend: str | None) -> Any:
-    from fffcore.api import fff
-
-    return fff(block, params, backend=backend)
+    block, kind, device = inspect_array(block)
+    return plan_for(block, kind, device, params, backend).fff(block, params)
 
 
 def _cmm_block(block: Any, params: FFFParams, backend: str | None) -> tuple[Any, Any]:
-    from fffcore.api import cmm
-
-    logits, nodes = cmm(block, params, backend=backend)
-    return logits, nodes
+    block, kind, device = inspect_array(block)
+    return plan_for(block, kind, device, params, backend).cmm(block, params)
 
 
 def _prepared(x: Any, params: FFFParams, backend: str | None, operation: str) -> tuple[Any, Any]:
@@ -97,14 +97,9 @@ def _prepared(x: Any, params: FFFParams, backend: str | None, operation: str) ->
     """
     if not isinstance(params, FFFParams):
         raise TypeError(f"params: expected FFFParams, got {type(params).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"x: expected a Dask array of shape (..., {params.d_in}), got a 0-D array")
-    if x.shape[-1] != params.d_in:
-        raise ValueError(f"x: expected shape (..., {params.d_in}) to match params.d_in, got {x.shape}")
+    check_input_shape(x.shape, params.d_in)
     empty = np.empty_like(x._meta, shape=(0, params.d_in), dtype=x.dtype)  # the block type's own empty array
-    from fffcore.api import run_cmm, run_fff
-
-    meta = run_fff(empty, params, backend) if operation == "fff" else tuple(run_cmm(empty, params, backend))
+    meta = _fff_block(empty, params, backend) if operation == "fff" else _cmm_block(empty, params, backend)
     if len(x.chunks[-1]) > 1:
         x = _merge_feature_axis(x)
     return x, meta
@@ -142,24 +137,25 @@ def _params_in_graph(params: FFFParams) -> Any:
 
 def params_key(params: FFFParams) -> str:
     """The Dask key of ``params``: equal layers share it, different ones never do."""
-    return f"fffcore-params-{_params_token(params)}"
+    return f"fffcore-params-{params_token(params)}"
 
 
-def _params_token(params: FFFParams) -> str:
-    """A hash of the parameters' values and activation: equal layers share a key, different ones never.
+#: Tokens of parameters objects, kept while they live (their values never change after construction).
+_tokens: weakref.WeakKeyDictionary[FFFParams, str] = weakref.WeakKeyDictionary()
 
-    Computed once per parameters object (their values never change after construction).
+
+def params_token(params: FFFParams) -> str:
+    """A hash of the parameters' values and activation: equal layers share it, different ones never do.
+
+    Computed once per parameters object.
     """
-    token = params.__dict__.get("_dask_token")
+    token = _tokens.get(params)
     if token is None:
         from dask.base import tokenize
 
-        from fffcore.arrays import host_values
-
         arrays = [None if a is None else host_values(a) for a in (params.w_in, params.b_in, params.w_out)]
-        token = tokenize(*arrays, params.activation, params.dtype)
-        object.__setattr__(params, "_dask_token", token)
-    return str(token)
+        token = _tokens[params] = str(tokenize(*arrays, params.activation, params.dtype))
+    return token
 
 
 def _token(x: Any, params_in_graph: Any, backend: str | None) -> str:

@@ -32,7 +32,7 @@ _CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F6
 _MAX_HEADER_BYTES = 1 << 20
 
 
-def save_params(params: FFFParams, path: str | os.PathLike[str]) -> None:
+def write_layer(params: FFFParams, path: str | os.PathLike[str]) -> None:
     """Write ``params`` to ``path`` as a layer file, atomically (a reader never sees half a file)."""
     from fffcore.arrays import host_values
 
@@ -59,10 +59,10 @@ def save_params(params: FFFParams, path: str | os.PathLike[str]) -> None:
     os.replace(partial, target)
 
 
-def load_params(path: str | os.PathLike[str]) -> FFFParams:
-    """The layer in the layer file ``path``; a ValueError naming the file and what is wrong with it."""
-    from fffcore.params import FFFParams
-
+def read_layer(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """The arrays (``w_in``, ``w_out`` and, with a bias, ``b_in``) and the activation in the layer file
+    ``path``; a ValueError naming the file and what is wrong with it. :meth:`fffcore.FFFParams.load`
+    validates them as a layer."""
     source = Path(path)
     header, start = read_header(source)
     metadata = header.pop("__metadata__", {}) or {}
@@ -77,10 +77,7 @@ def load_params(path: str | os.PathLike[str]) -> FFFParams:
     if missing:
         raise ValueError(f"{source}: the layer file has no {', '.join(missing)} (it holds {sorted(header)})")
     arrays = {name: _tensor(source, name, header[name], start) for name in TENSORS if name in header}
-    try:
-        return FFFParams(arrays["w_in"], arrays.get("b_in"), arrays["w_out"], activation=metadata.get("activation", ""))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: {error}") from error
+    return arrays, metadata.get("activation", "")
 
 
 def read_header(source: Path) -> tuple[dict[str, Any], int]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fffcore.arrays import array_type, masked_array_error, require_dense_tensor
+from fffcore.layer_file import read_layer, write_layer
 from fffcore.spec import (
     ACTIVATIONS,
     DEFAULT_ACTIVATION,
@@ -61,44 +62,18 @@ class FFFParams:
     d_in: int = field(init=False)
     d_out: int = field(init=False)
     dtype: str = field(init=False)
-    #: fffcore's dispatch decisions for these parameters (see ``fffcore.api.dispatch_for``): kept on
-    #: the object itself so they die with it and cost one attribute read to find.
-    _dispatches: dict[Any, Any] = field(init=False, repr=False, default_factory=dict)
-    #: The torch tensors' version counters at construction, or None (see :meth:`require_unchanged`).
-    _versions: tuple[int, ...] | None = field(init=False, repr=False, default=None)
+    #: The torch tensors' version counters at construction (``b_in``'s -1 without a bias), or None
+    #: for other arrays and for inference tensors, which keep none (see :meth:`require_unchanged`).
+    versions: tuple[int, ...] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self, copy: bool) -> None:
         w_in = _as_array(self.w_in, "w_in", copy)
         w_out = _as_array(self.w_out, "w_out", copy)
         b_in = None if self.b_in is None else _as_array(self.b_in, "b_in", copy)
 
-        if len(w_in.shape) != 3:
-            raise ValueError(
-                "w_in: expected a 3-D array of shape (trees, nodes, d_in), "
-                f"got {len(w_in.shape)}-D shape {tuple(w_in.shape)}"
-            )
-        trees, n_nodes, d_in = (int(s) for s in w_in.shape)
-        if trees < 1:
-            raise ValueError(f"w_in: expected at least 1 tree, got shape {tuple(w_in.shape)}")
-        depth = depth_from_node_count(n_nodes)
-        if depth is None:
-            raise ValueError(
-                f"w_in: the node count (axis 1) must be 2**(depth+1) - 1 (1, 3, 7, 15, ...), got {n_nodes}"
-            )
-        if d_in < 1:
-            raise ValueError(f"w_in: expected d_in >= 1 (axis 2), got shape {tuple(w_in.shape)}")
-        if len(w_out.shape) != 3 or tuple(w_out.shape[:2]) != (trees, n_nodes):
-            raise ValueError(
-                f"w_out: expected shape ({trees}, {n_nodes}, d_out) to match w_in's "
-                f"(trees, nodes), got {tuple(w_out.shape)}"
-            )
-        d_out = int(w_out.shape[2])
-        if d_out < 1:
-            raise ValueError(f"w_out: expected d_out >= 1 (axis 2), got shape {tuple(w_out.shape)}")
-        if b_in is not None and tuple(b_in.shape) != (trees, n_nodes):
-            raise ValueError(
-                f"b_in: expected shape ({trees}, {n_nodes}) to match w_in's (trees, nodes), got {tuple(b_in.shape)}"
-            )
+        trees, n_nodes, depth, d_in, d_out = layer_shape(
+            tuple(w_in.shape), None if b_in is None else tuple(b_in.shape), tuple(w_out.shape)
+        )
 
         dtype = dtype_name(w_in.dtype)
         if not is_floating(dtype):
@@ -122,7 +97,7 @@ class FFFParams:
             ("d_in", d_in),
             ("d_out", d_out),
             ("dtype", dtype),
-            ("_versions", _torch_versions(w_in, b_in, w_out)),
+            ("versions", _torch_versions(w_in, b_in, w_out)),
         ):
             object.__setattr__(self, name, value)
 
@@ -133,13 +108,6 @@ class FFFParams:
             f"activation={self.activation!r}, array_type={self.array_type!r})"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        # The dispatch decisions hold compiled kernels and closures, which do not pickle and
-        # belong to this process anyway: a copy sent elsewhere decides again.
-        state = dict(self.__dict__)
-        state["_dispatches"] = {}
-        return state
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             if isinstance(value, np.ndarray) and value.flags.writeable:  # unpickled arrays come back writable
@@ -147,7 +115,7 @@ class FFFParams:
                 value.flags.writeable = False
             object.__setattr__(self, name, value)
         # unpickled tensors start new version counters
-        object.__setattr__(self, "_versions", _torch_versions(self.w_in, self.b_in, self.w_out))
+        object.__setattr__(self, "versions", _torch_versions(self.w_in, self.b_in, self.w_out))
 
     def require_unchanged(self) -> None:
         """Raise a ValueError when a torch tensor of these parameters was written since construction.
@@ -155,14 +123,14 @@ class FFFParams:
         Backends may have converted or cached the values they first saw, so computing on would
         mix old and new weights. Costs a few attribute reads; fffcore calls it on every call.
         """
-        if self._versions is None:
+        if self.versions is None:
             return
-        # _versions is set only for torch tensors that keep counters: read them directly
+        # versions is set only for torch tensors that keep counters: read them directly
         current = (self.w_in._version, -1 if self.b_in is None else self.b_in._version, self.w_out._version)
-        if current == self._versions:
+        if current == self.versions:
             return
         names = ("w_in", "b_in", "w_out")
-        changed = [name for name, old, new in zip(names, self._versions, current, strict=True) if old != new]
+        changed = [name for name, old, new in zip(names, self.versions, current, strict=True) if old != new]
         raise ValueError(
             f"params: {', '.join(changed)} changed in place after these FFFParams were built; "
             "build new FFFParams from the changed tensors (fffcore.torch.FFFInference does so itself)"
@@ -191,16 +159,16 @@ class FFFParams:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write this layer to ``path`` as a layer file (safetensors; see :mod:`fffcore.layer_file`)."""
-        from fffcore.layer_file import save_params
-
-        save_params(self, path)
+        write_layer(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FFFParams:
         """The layer in the layer file ``path`` (written by :meth:`save`), in numpy arrays (torch for bfloat16)."""
-        from fffcore.layer_file import load_params
-
-        return load_params(path)
+        arrays, activation = read_layer(path)
+        try:
+            return cls(arrays["w_in"], arrays.get("b_in"), arrays["w_out"], activation)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from error
 
     def with_activation(self, activation: str) -> FFFParams:
         """The same weights with another activation (no copy)."""
@@ -255,6 +223,36 @@ class FFFParams:
             activation,
             copy=False,  # the arrays are new and nobody else holds them
         )
+
+
+def layer_shape(
+    w_in: tuple[int, ...], b_in: tuple[int, ...] | None, w_out: tuple[int, ...]
+) -> tuple[int, int, int, int, int]:
+    """``(trees, nodes, depth, d_in, d_out)`` of a layer with arrays of these shapes, or a ValueError
+    naming the array whose shape is wrong. (The torch operators check shapes with it while tracing,
+    where no :class:`FFFParams` can be built.)"""
+    if len(w_in) != 3:
+        raise ValueError(
+            f"w_in: expected a 3-D array of shape (trees, nodes, d_in), got {len(w_in)}-D shape {tuple(w_in)}"
+        )
+    trees, n_nodes, d_in = (int(s) for s in w_in)
+    if trees < 1:
+        raise ValueError(f"w_in: expected at least 1 tree, got shape {tuple(w_in)}")
+    depth = depth_from_node_count(n_nodes)
+    if depth is None:
+        raise ValueError(f"w_in: the node count (axis 1) must be 2**(depth+1) - 1 (1, 3, 7, 15, ...), got {n_nodes}")
+    if d_in < 1:
+        raise ValueError(f"w_in: expected d_in >= 1 (axis 2), got shape {tuple(w_in)}")
+    if len(w_out) != 3 or tuple(w_out[:2]) != (trees, n_nodes):
+        raise ValueError(
+            f"w_out: expected shape ({trees}, {n_nodes}, d_out) to match w_in's (trees, nodes), got {tuple(w_out)}"
+        )
+    d_out = int(w_out[2])
+    if d_out < 1:
+        raise ValueError(f"w_out: expected d_out >= 1 (axis 2), got shape {tuple(w_out)}")
+    if b_in is not None and tuple(b_in) != (trees, n_nodes):
+        raise ValueError(f"b_in: expected shape ({trees}, {n_nodes}) to match w_in's (trees, nodes), got {tuple(b_in)}")
+    return trees, n_nodes, depth, d_in, d_out
 
 
 def _torch_versions(w_in: Any, b_in: Any, w_out: Any) -> tuple[int, ...] | None:

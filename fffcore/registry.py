@@ -15,6 +15,7 @@ Environment:
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import threading
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 
 LOAD_PLUGINS_VARIABLE = "FFFCORE_LOAD_PLUGINS"
+
+
+_generations = itertools.count(1)
 
 
 class UnknownBackendError(ValueError):
@@ -88,6 +92,9 @@ class Registry:
     #: Plugin name -> the distribution (and version) that installed it.
     package_of_plugin: dict[str, str] = field(default_factory=dict)
     broken: list[BrokenPlugin] = field(default_factory=list)
+    #: A number no other registry of this process has: caches of decisions made from this
+    #: registry are keyed on it.
+    generation: int = field(default_factory=lambda: next(_generations))
     _availability: dict[str, Availability] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -160,30 +167,31 @@ class Registry:
         return rows
 
 
-_registry: Registry | None = None
+#: The process-wide registry once loaded (None until first use). Every cache of decisions made
+#: from it (:mod:`fffcore.plan`) is keyed on its ``generation``, so replacing it (:func:`reset_registry`,
+#: or a test installing its own with ``monkeypatch.setattr(registry_module, "loaded", ...)``) is all
+#: it takes for those decisions to be made anew.
+loaded: Registry | None = None
 _registry_lock = threading.Lock()
 
 
 def registry() -> Registry:
     """The process-wide registry, loaded on first use."""
-    global _registry
-    current = _registry
+    global loaded
+    current = loaded
     if current is None:
         with _registry_lock:
-            if _registry is None:
-                _registry = load_registry()
-            current = _registry
+            if loaded is None:
+                loaded = load_registry()
+            current = loaded
     return current
 
 
 def reset_registry() -> None:
     """Forget the loaded registry, so the next use loads plugins again (for tests)."""
-    global _registry
+    global loaded
     with _registry_lock:
-        _registry = None
-    from fffcore import selection  # the automatic choice caches names from this registry
-
-    selection.forget_automatic_choices()
+        loaded = None
 
 
 def load_registry(extra_plugins: list[tuple[str, Any]] | None = None) -> Registry:

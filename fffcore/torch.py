@@ -22,10 +22,10 @@ except ImportError as error:  # pragma: no cover - exercised only where torch is
     ) from error
 
 from fffcore import torch_ops
-from fffcore.api import run_fff
+from fffcore.arrays import inspect_array
 from fffcore.backends.torch.prepared import torch_dtype
 from fffcore.params import FFFParams
-from fffcore.selection import resolve_backend
+from fffcore.plan import plan_for, resolve_backend
 from fffcore.spec import dtype_name
 
 __all__ = ["FFFInference", "FFFLayer", "to_torch"]
@@ -75,7 +75,7 @@ class FFFInference(torch.nn.Module):
     Args:
         params: the layer; copied into the module's buffers.
         backend: the fffcore backend to call; None chooses per input (see
-            :mod:`fffcore.selection`): ``numba`` for float32 and float64 CPU
+            :mod:`fffcore.plan`): ``numba`` for float32 and float64 CPU
             tensors where it is available, ``cupy`` (else ``torch``) for CUDA
             tensors. Backends of another array library get x and the weights
             through zero-copy views (:mod:`fffcore.bridging`), and the result
@@ -133,7 +133,9 @@ class FFFInference(torch.nn.Module):
             return torch_ops.fff_op(x.detach(), self.w_in, self.b_in, self.w_out, self.activation, self.backend)
         if x.requires_grad:  # the buffers never require grad, so x is the only way a graph could start
             x = x.detach()
-        return run_fff(x, self.params(), self.backend)
+        params = self.params()
+        x, kind, device = inspect_array(x)
+        return plan_for(x, kind, device, params, self.backend).fff(x, params)
 
     def resolved_backend(self, device: Any = None) -> str:
         """The backend a call on a tensor of the weights' dtype on ``device`` (default: the weights') runs on."""

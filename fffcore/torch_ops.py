@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from fffcore.api import run_cmm, run_fff
-from fffcore.params import FFFParams
+from fffcore.arrays import inspect_array
+from fffcore.params import FFFParams, layer_shape
+from fffcore.plan import Plan, check_input_shape, plan_for
 
 __all__ = ["cmm_op", "fff_backward_op", "fff_op", "params_from_tensors"]
 
@@ -89,13 +90,14 @@ def fff_op(
     backend: str | None = None,
 ) -> torch.Tensor:
     """The FFF layer of (..., d_in) ``x``: (..., d_out) in the weights' dtype, on ``x``'s device."""
-    y = run_fff(x, params_from_tensors(w_in, b_in, w_out, activation), backend)
+    params = params_from_tensors(w_in, b_in, w_out, activation)
+    y = _plan(x, params, backend).fff(x, params)
     return y.clone() if _aliases(y, x) else y
 
 
 @fff_op.register_fake
 def _fff_fake(x: torch.Tensor, w_in: torch.Tensor, b_in: Any, w_out: torch.Tensor, *options: Any) -> torch.Tensor:
-    _check_shapes(x, w_in, w_out)
+    _check_shapes(x, w_in, b_in, w_out)
     return x.new_empty((*x.shape[:-1], w_out.shape[2]), dtype=w_out.dtype)
 
 
@@ -109,27 +111,32 @@ def cmm_op(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CMM of (..., d_in) ``x``: logits (..., K, D+1) in the weights' dtype and nodes (..., K, D+1) int64."""
-    logits, nodes = run_cmm(x, params_from_tensors(w_in, b_in, w_out, activation), backend)
-    return logits, nodes
+    params = params_from_tensors(w_in, b_in, w_out, activation)
+    return _plan(x, params, backend).cmm(x, params)
 
 
 @cmm_op.register_fake
 def _cmm_fake(
     x: torch.Tensor, w_in: torch.Tensor, b_in: Any, w_out: torch.Tensor, *options: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_shapes(x, w_in, w_out)
+    _check_shapes(x, w_in, b_in, w_out)
     trees, n_nodes = w_in.shape[0], w_in.shape[1]
     levels = (n_nodes + 1).bit_length() - 1
     shape = (*x.shape[:-1], trees, levels)
     return x.new_empty(shape, dtype=w_in.dtype), x.new_empty(shape, dtype=torch.int64)
 
 
-def _check_shapes(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> None:
+def _plan(x: torch.Tensor, params: FFFParams, backend: str | None, *, backward: bool = False) -> Plan:
+    """The call's plan, as :func:`fffcore.fff` takes it, without its refusal to be traced: torch
+    records these operators as one operation each, so tracing them loses nothing."""
+    x, kind, device = inspect_array(x)
+    return plan_for(x, kind, device, params, backend, backward=backward)
+
+
+def _check_shapes(x: torch.Tensor, w_in: torch.Tensor, b_in: Any, w_out: torch.Tensor) -> None:
     """The shape checks the real call makes, so a traced graph fails where eager would."""
-    if w_in.dim() != 3 or w_out.dim() != 3:
-        raise ValueError(f"w_in, w_out: expected 3-D tensors, got shapes {tuple(w_in.shape)} and {tuple(w_out.shape)}")
-    if x.dim() < 1 or x.shape[-1] != w_in.shape[2]:
-        raise ValueError(f"x: expected shape (..., {w_in.shape[2]}) to match w_in, got {tuple(x.shape)}")
+    _, _, _, d_in, _ = layer_shape(tuple(w_in.shape), None if b_in is None else tuple(b_in.shape), tuple(w_out.shape))
+    check_input_shape(tuple(x.shape), d_in)
 
 
 def _aliases(y: torch.Tensor, x: torch.Tensor) -> bool:
@@ -149,11 +156,12 @@ def fff_backward_op(
     grad_y: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``fffcore::fff`` given ``grad_y``: for x, w_in, b_in (empty for a layer without bias), w_out."""
-    from fffcore.backward import fff_backward
-
     params = params_from_tensors(w_in, b_in, w_out, activation)
-    grads = fff_backward(x, params, grad_y.to(w_in.dtype), backend)
-    results = [grads.x, grads.w_in, grads.b_in if grads.b_in is not None else w_in.new_empty(0), grads.w_out]
+    grad_y = grad_y.to(w_in.dtype)
+    grad_x, grad_w_in, grad_b_in, grad_w_out = _plan(x, params, backend, backward=True).backward(
+        x, params, grad_y, "torch"
+    )
+    results = [grad_x, grad_w_in, grad_b_in if grad_b_in is not None else w_in.new_empty(0), grad_w_out]
     results = [torch.as_tensor(r, device=x.device) for r in results]
     inputs = (x, w_in, b_in, w_out, grad_y)
     # An operator's outputs must not share memory with its inputs.

@@ -309,7 +309,7 @@ def swap_fff_modules(
     is left unchanged.
 
     Each replacement computes only the visited neurons on ``backend`` (None: chosen per call, see
-    :mod:`fffcore.selection`), keeps the original module's device and dtype, and accepts the same
+    :mod:`fffcore.plan`), keeps the original module's device and dtype, and accepts the same
     (..., d_in) inputs, returning (..., d_out). Replacements are for inference: their weights are
     buffers (``w_in``, ``b_in``, ``w_out``), not parameters, and are saved in ``model.state_dict()``.
     A module registered under several names is replaced by one shared replacement at each of them.

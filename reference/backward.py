@@ -11,7 +11,7 @@ row x with upstream gradient g = dL/dy, at each tree k and level l, with node n 
     dL/dw_out[k, n] += act(z) * g
 
 summed over rows and levels. These are the autograd gradients of the masked dense layer whose mask
-keeps exactly these paths (``tests/test_backward.py`` checks it).
+keeps exactly these paths (``tests/core/test_backward.py`` checks it).
 """
 
 from __future__ import annotations

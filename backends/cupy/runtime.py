@@ -227,7 +227,7 @@ def _launch(kernel: Any, launch: KernelLaunch, arrays: tuple[Any, ...], dtypes: 
 #: levels, a sort by subtree, the rest in sorted order; see fff_kernels.cu).
 FFF_VARIANTS = ("warp_per_row", "row_grouped")
 #: From this many rows the backend would take the row-grouped variant. None until a GPU run of
-#: benchmarks/gpu_bench.py has measured where it starts to pay; until then it is run only on request.
+#: benchmarks/studies/gpu_bench.py has measured where it starts to pay; until then it is run only on request.
 GROUPED_MIN_ROWS: int | None = None
 
 

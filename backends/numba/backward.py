@@ -9,6 +9,9 @@ Two stages, each parallel, neither with a race:
 
 Each sum runs in one fixed order, whatever the thread count, so the gradients are deterministic.
 The paths are the forward pass's own (the backend's ``cmm``, which walks exactly as its ``fff``).
+Each stage is one source compiled serial and parallel (:func:`~.kernels.serial_and_parallel`): a
+child forked from a process that ran numba's threads runs the serial kernels (see
+:mod:`fffcore.forking`), with the same results.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fffcore import forking
 from fffcore.backends.numba.activations import activate, slope
-from fffcore.backends.numba.kernels import SAFE_FASTMATH, run_parallel
+from fffcore.backends.numba.kernels import SAFE_FASTMATH, counting_sort, serial_and_parallel
 
 
-@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
 def _row_gradients(x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x):
     """Stage 1 into ``dz`` and ``activated`` (B, K, L) and ``grad_x`` (B, d_in)."""
     rows, trees, levels = logits.shape
@@ -46,58 +49,40 @@ def _row_gradients(x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x
                     grad_row[j] += d * w_in_row[j]
 
 
-@njit(cache=True)
-def _visits_by_node(nodes_of_tree, n_nodes):
-    """Counting sort of the (row, level) visits of one tree by node: ``start`` (N+1) and ``order``
-    (B*L) with the visits of node n at ``order[start[n]:start[n+1]]`` as ``row * L + level``, rows ascending."""
-    rows, levels = nodes_of_tree.shape
-    start = np.zeros(n_nodes + 1, np.int64)
-    for b in range(rows):
-        for level in range(levels):
-            start[nodes_of_tree[b, level] + 1] += 1
-    for n in range(n_nodes):
-        start[n + 1] += start[n]
-    filled = start[:-1].copy()
-    order = np.empty(rows * levels, np.int64)
-    for b in range(rows):
-        for level in range(levels):
-            n = nodes_of_tree[b, level]
-            order[filled[n]] = b * levels + level
-            filled[n] += 1
-    return start, order
+row_gradients = serial_and_parallel(_row_gradients, fastmath=SAFE_FASTMATH)
 
 
-@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _add_visits(target, factors, sources, tree, order, lo, hi):
+    """``target += factors[b, tree, l] * sources[b]`` over the visits ``order[lo:hi]`` (each ``b * L + l``),
+    in their order; returns the sum of those factors, begun at zero."""
+    levels = factors.shape[2]
+    total = factors.dtype.type(0)
+    for e in range(lo, hi):
+        b = order[e] // levels
+        factor = factors[b, tree, order[e] - b * levels]
+        total += factor
+        source = sources[b]
+        for c in range(target.shape[0]):
+            target[c] += factor * source[c]
+    return total
+
+
 def _node_gradients(x, g, dz, activated, tree, start, order, has_bias, grad_w_in, grad_b_in, grad_w_out):
     """Stage 2 for tree ``tree``: work item ``2n`` sums node n's ``w_in`` and bias gradients over its
     visits in ``order``, item ``2n + 1`` its ``w_out`` gradient; the gradients start at zero. Whole rows
     of ``x`` and ``g`` stream through, each added into one gradient row that stays in cache."""
-    n_nodes = start.shape[0] - 1
-    levels = dz.shape[2]
-    for item in prange(2 * n_nodes):
+    for item in prange(2 * (start.shape[0] - 1)):
         n = item // 2
-        lo = start[n]
-        hi = start[n + 1]
         if item % 2 == 0:
-            total = grad_b_in[tree, n]
-            target = grad_w_in[tree, n]
-            for e in range(lo, hi):
-                b = order[e] // levels
-                d = dz[b, tree, order[e] - b * levels]
-                total += d
-                source = x[b]
-                for c in range(target.shape[0]):
-                    target[c] += d * source[c]
+            total = _add_visits(grad_w_in[tree, n], dz, x, tree, order, start[n], start[n + 1])
             if has_bias:
                 grad_b_in[tree, n] = total
         else:
-            target = grad_w_out[tree, n]
-            for e in range(lo, hi):
-                b = order[e] // levels
-                a = activated[b, tree, order[e] - b * levels]
-                source = g[b]
-                for c in range(target.shape[0]):
-                    target[c] += a * source[c]
+            _add_visits(grad_w_out[tree, n], activated, g, tree, order, start[n], start[n + 1])
+
+
+node_gradients = serial_and_parallel(_node_gradients, fastmath=SAFE_FASTMATH)
 
 
 def run_backward(
@@ -126,10 +111,18 @@ def run_backward(
     has_bias = b_in is not None
     grad_b_in = np.zeros(w_in.shape[:2], x.dtype)
     if rows:
-        _row_gradients(x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x)
+        # A forked child must not enter the thread pool it inherited (GNU OpenMP would abort it).
+        parallel = not forking.inherited("numba")
+        if parallel:
+            forking.note_started("numba")
+        # Rows in equal shares (each row costs about the same), unlike the nodes below.
+        (row_gradients.parallel if parallel else row_gradients.serial)(
+            x, g, logits, nodes, w_in, w_out, code, dz, activated, grad_x
+        )
         for tree in range(trees):
-            start, order = _visits_by_node(np.ascontiguousarray(nodes[:, tree, :]), w_in.shape[1])
-            run_parallel(  # nodes handed out one at a time: the root has every row, a leaf a few
-                _node_gradients, x, g, dz, activated, tree, start, order, has_bias, grad_w_in, grad_b_in, grad_w_out
+            # The (row, level) visits of each node, rows ascending, as ``row * L + level``.
+            order, start = counting_sort(np.ascontiguousarray(nodes[:, tree, :]).reshape(-1), w_in.shape[1])
+            node_gradients.run(  # nodes handed out one at a time: the root has every row, a leaf a few
+                parallel, x, g, dz, activated, tree, start, order, has_bias, grad_w_in, grad_b_in, grad_w_out
             )
     return grad_x, grad_w_in, grad_b_in if has_bias else None, grad_w_out

@@ -187,12 +187,7 @@ def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
     count = rows.shape[0]
     w_in, b_in, has_bias = _layer_arguments(params)[:3]
     if count < sizes.BLOCKED_MIN_ROWS:
-
-        def groups(parallel: bool) -> tuple[np.ndarray, np.ndarray]:
-            if parallel:
-                return kernels.run_parallel(kernels._cmm_rows_parallel, rows, w_in, b_in, has_bias)
-            return kernels._cmm_rows_serial(rows, w_in, b_in, has_bias)
-
+        groups = lambda parallel: kernels.cmm_rows.run(parallel, rows, w_in, b_in, has_bias)  # noqa: E731
         return _run(groups, count, params, "cmm rows", serial_in_pool=False)
     blocked = lambda parallel: kernels.run_cmm(rows, w_in, b_in, has_bias, parallel=parallel)  # noqa: E731
     return _run(blocked, count, params, "cmm blocked", serial_in_pool=True)
@@ -204,17 +199,10 @@ def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
     count = rows.shape[0]
     arguments = _layer_arguments(params)
     if count < sizes.BLOCKED_MIN_ROWS:
-        groups = lambda parallel: _row_groups(rows, arguments, parallel)  # noqa: E731
+        groups = lambda parallel: kernels.fff_rows.run(parallel, rows, *arguments)  # noqa: E731
         return _run(groups, count, params, "fff rows", serial_in_pool=False)
     blocked = lambda parallel: kernels.run_fff(rows, *arguments, parallel=parallel)  # noqa: E731
     return _run(blocked, count, params, "fff blocked", serial_in_pool=True)
-
-
-def _row_groups(rows: np.ndarray, arguments: tuple[Any, ...], parallel: bool) -> np.ndarray:
-    """The fff row-group kernel, serial or parallel."""
-    if parallel:
-        return kernels.run_parallel(kernels._fff_rows_parallel, rows, *arguments)
-    return kernels._fff_rows_serial(rows, *arguments)
 
 
 def warm_up(dtypes: Sequence[str]) -> None:
@@ -232,10 +220,9 @@ def warm_up(dtypes: Sequence[str]) -> None:
         prepared = prepare_fff_rows(params)
         prepared(np.zeros((1, params.d_in), dtype), params)
         x = _read_only_rows(np.zeros((sizes.PARALLEL_MIN_ROWS, params.d_in), dtype), dtype)
-        _row_groups(x, arguments, False)
-        _row_groups(x, arguments, True)
-        kernels._cmm_rows_serial(x, *arguments[:3])
-        kernels.run_parallel(kernels._cmm_rows_parallel, x, *arguments[:3])
+        for parallel in (False, True):
+            kernels.fff_rows.run(parallel, x, *arguments)
+            kernels.cmm_rows.run(parallel, x, *arguments[:3])
         kernels.run_fff(x, *arguments, parallel=True)  # the blocked walk: one kernel for fff and cmm
         kernels.run_cmm(x, *arguments[:3], parallel=True)
 
@@ -318,8 +305,8 @@ def _compiled_small_kernel(*arguments: Any) -> Callable[..., np.ndarray]:
     import numba
 
     signature = tuple(numba.typeof(argument) for argument in arguments)
-    kernels._fff_rows_serial.compile(signature)
-    return kernels._fff_rows_serial.overloads[signature].entry_point
+    kernels.fff_rows.serial.compile(signature)
+    return kernels.fff_rows.serial.overloads[signature].entry_point
 
 
 def _read_only_rows(x: Any, dtype: str) -> np.ndarray:

@@ -26,6 +26,11 @@ are logged in ``benchmarks/NOTES.md``):
 
 ``split`` is chosen so that a subtree holds about one block of rows.
 
+Serial and parallel: each kernel that runs over groups of rows or blocks is written once, as a
+plain function whose loop over them is a ``prange``, and compiled twice by
+:func:`serial_and_parallel` (``prange`` is ``range`` in the serial variant), so the two cannot
+drift apart and give the same bits.
+
 Floating-point: the dot products and the output sums run in the layer's
 dtype with the fastmath flags :data:`SAFE_FASTMATH`, which let LLVM
 reassociate and vectorise sums but keep IEEE NaN and infinity semantics, so
@@ -36,6 +41,10 @@ Activations run in float64 without fastmath (:mod:`.activations`).
 """
 
 from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads, set_parallel_chunksize
@@ -54,7 +63,42 @@ SAFE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 #: Which kernel runs at which batch size, and when a call uses every thread, is decided in
 #: :mod:`fffcore.backends.numba.calls` (the thresholds are in :mod:`.sizes`); every kernel here
-#: comes in a serial variant and a parallel one, which give the same bits.
+#: comes in a serial variant and a parallel one, compiled from one source, which give the same bits.
+
+
+class SerialAndParallel(NamedTuple):
+    """One kernel source compiled twice (:func:`serial_and_parallel`): ``serial`` runs its ``prange``
+    loops as ``range`` on the calling thread, ``parallel`` spreads them over numba's threads. Each
+    iteration does the same arithmetic in both, so both give the same bits."""
+
+    serial: Any
+    parallel: Any
+
+    def run(self, parallel: bool, *args: Any) -> Any:
+        """The parallel variant on numba's threads (through :func:`run_parallel`), or the serial one here."""
+        if parallel:
+            return run_parallel(self.parallel, *args)
+        return self.serial(*args)
+
+
+def serial_and_parallel(body: Callable[..., Any], **options: Any) -> SerialAndParallel:
+    """``body``, a plain function whose loops over rows are ``prange``, compiled serial and parallel.
+
+    Each variant compiles its own copy of ``body``, named ``<name>_serial`` or ``<name>_parallel``:
+    numba's disk cache files a function's machine code under its qualified name and first line, keyed
+    by the signature and the bytecode but not by ``parallel``, so two dispatchers of one function
+    object would load each other's code from the cache. ``options``: numba's, besides ``parallel``
+    (every variant is cached on disk).
+    """
+    variants = []
+    for parallel in (False, True):
+        suffix = "_parallel" if parallel else "_serial"
+        name = body.__name__ + suffix
+        copy = types.FunctionType(body.__code__, body.__globals__, name, body.__defaults__, body.__closure__)
+        copy.__qualname__ = body.__qualname__ + suffix
+        copy.__doc__ = body.__doc__
+        variants.append(njit(cache=True, parallel=parallel, **options)(copy))
+    return SerialAndParallel(*variants)
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
@@ -144,129 +188,148 @@ def _walk_group(x, r, w_in, b_in, has_bias, tree, logits, nodes):
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
-def _add_path_output(y, row, activated, path, w_out, tree):
-    """``y[row] += sum_l activated[l] * w_out[tree, path[l]]``, in passes of four levels whose
-    weight rows, all known once the path is, load side by side."""
-    levels = activated.shape[0]
-    level = 0
-    while level + 4 <= levels:
-        a0, a1, a2, a3 = activated[level], activated[level + 1], activated[level + 2], activated[level + 3]
-        n0, n1, n2, n3 = path[level], path[level + 1], path[level + 2], path[level + 3]
+def _walk_rows(x, r, count, w_in, b_in, has_bias, tree, logits, nodes):
+    """Rows ``r .. r+count-1`` (a group or fewer) down tree ``tree``: logits and nodes into (count, L)
+    arrays, a whole group side by side (:func:`_walk_group`), fewer rows one by one (:func:`_walk_row`)."""
+    if count == GROUP_ROWS:
+        _walk_group(x, r, w_in, b_in, has_bias, tree, logits, nodes)
+    else:
+        for k in range(count):
+            _walk_row(x, r + k, w_in, b_in, has_bias, tree, logits[k], nodes[k])
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _accumulate4(y, row, a0, a1, a2, a3, w, tree, n0, n1, n2, n3, assign):
+    """``y[row] (= or +=) a0 w[tree, n0] + ... + a3 w[tree, n3]``: four levels per pass over ``y[row]``."""
+    if assign:
         for j in range(y.shape[1]):
-            y[row, j] += (
-                a0 * w_out[tree, n0, j] + a1 * w_out[tree, n1, j] + a2 * w_out[tree, n2, j] + a3 * w_out[tree, n3, j]
-            )
+            y[row, j] = a0 * w[tree, n0, j] + a1 * w[tree, n1, j] + a2 * w[tree, n2, j] + a3 * w[tree, n3, j]
+    else:
+        for j in range(y.shape[1]):
+            y[row, j] += a0 * w[tree, n0, j] + a1 * w[tree, n1, j] + a2 * w[tree, n2, j] + a3 * w[tree, n3, j]
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _accumulate1(y, row, a0, w, tree, n0, assign):
+    """``y[row] (= or +=) a0 w[tree, n0]``: the levels left over after the passes of four."""
+    if assign:
+        for j in range(y.shape[1]):
+            y[row, j] = a0 * w[tree, n0, j]
+    else:
+        for j in range(y.shape[1]):
+            y[row, j] += a0 * w[tree, n0, j]
+
+
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _output_levels(y, row, acts, path, w_out, tree, first_level, assign):
+    """``y[row] (= or +=) sum_{l >= first_level} acts[l] * w_out[tree, path[l]]``: the row's output from
+    its activated (L,) logits and (L,) path, in passes of four levels whose weight rows, all known once
+    the path is, load side by side (and ``y[row]`` is read and written a quarter as often), then the
+    levels left over one by one."""
+    levels = acts.shape[0]
+    first = assign
+    level = first_level
+    while level + 4 <= levels:
+        _accumulate4(
+            y,
+            row,
+            acts[level],
+            acts[level + 1],
+            acts[level + 2],
+            acts[level + 3],
+            w_out,
+            tree,
+            path[level],
+            path[level + 1],
+            path[level + 2],
+            path[level + 3],
+            first,
+        )
+        first = False
         level += 4
     while level < levels:
-        a0 = activated[level]
-        n0 = path[level]
-        for j in range(y.shape[1]):
-            y[row, j] += a0 * w_out[tree, n0, j]
+        _accumulate1(y, row, acts[level], w_out, tree, path[level], first)
+        first = False
         level += 1
 
 
-@njit(cache=True, fastmath=SAFE_FASTMATH)
-def _fff_row_range(x, lo, hi, w_in, b_in, has_bias, w_out, code, y):
-    """``y[lo:hi]`` = the FFF output of rows ``lo .. hi-1``, four rows at a time, the rest one by one.
+@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
+def _fff_group(x, lo, hi, w_in, b_in, has_bias, w_out, code, y, logits, nodes):
+    """``y[lo:hi]`` = the FFF output of rows ``lo .. hi-1``, one group (``hi - lo <= GROUP_ROWS``).
 
-    Per group and tree the paths come first (:func:`_walk_group`, or :func:`_walk_row` for the
-    rows left over), then each row's output (:func:`_add_path_output`). A row's arithmetic
-    depends only on its position within groups counted from ``lo``, so callers that cut the
-    batch at multiples of four (both variants below) give the same bits.
+    Per tree the paths come first, into rows ``lo .. hi-1`` of the scratch (B, L) ``logits`` and
+    ``nodes`` (:func:`_walk_rows`), then each row's output (:func:`_output_levels`). Every kernel
+    starts its groups at multiples of four, and a row's arithmetic depends only on its place in its
+    group, so serial and parallel runs give the same bits. Inlined into the loop over groups, as is
+    :func:`_output_levels` here: as calls they cost 1-3% at 16 rows on one thread.
     """
-    trees = w_in.shape[0]
-    levels = _level_count(w_in.shape[1])
     zero = y.dtype.type(0)
-    logits = np.empty((GROUP_ROWS, levels), x.dtype)
-    nodes = np.empty((GROUP_ROWS, levels), np.int64)
     for row in range(lo, hi):
         for j in range(y.shape[1]):
             y[row, j] = zero
-    r = lo
-    while r < hi:
-        group = min(GROUP_ROWS, hi - r)
-        for tree in range(trees):
-            if group == GROUP_ROWS:
-                _walk_group(x, r, w_in, b_in, has_bias, tree, logits, nodes)
-            else:
-                for k in range(group):
-                    _walk_row(x, r + k, w_in, b_in, has_bias, tree, logits[k], nodes[k])
-            for k in range(group):
-                for level in range(levels):  # the logits, activated in place
-                    logits[k, level] = zero + activate(code, np.float64(logits[k, level]))
-                _add_path_output(y, r + k, logits[k], nodes[k], w_out, tree)
-        r += group
+    for tree in range(w_in.shape[0]):
+        _walk_rows(x, lo, hi - lo, w_in, b_in, has_bias, tree, logits[lo:hi], nodes[lo:hi])
+        for row in range(lo, hi):
+            for level in range(logits.shape[1]):  # the logits, activated in place
+                logits[row, level] = zero + activate(code, np.float64(logits[row, level]))
+            _output_levels(y, row, logits[row], nodes[row], w_out, tree, 0, False)
 
 
-@njit(cache=True, fastmath=SAFE_FASTMATH)
-def _fff_rows_serial(x, w_in, b_in, has_bias, w_out, code):
-    """The FFF output (B, d_out) of a small batch on the calling thread (:func:`_fff_row_range`).
+def _fff_rows(x, w_in, b_in, has_bias, w_out, code):
+    """The FFF output (B, d_out) of a batch below the blocked walk's size, group by group (:func:`_fff_group`).
 
-    One compiled call and a few small allocations: at a handful of rows the blocked walk's
-    set-up (blocks, a counting sort, scratch arrays) costs more than the walk itself.
-    """
-    y = np.empty((x.shape[0], w_out.shape[2]), x.dtype)
-    _fff_row_range(x, 0, x.shape[0], w_in, b_in, has_bias, w_out, code, y)
-    return y
-
-
-@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
-def _fff_rows_parallel(x, w_in, b_in, has_bias, w_out, code):
-    """:func:`_fff_rows_serial` with the groups of four rows spread over numba's threads.
-
-    Call it through :func:`run_parallel` (chunk size 1), so groups are handed out one at a time.
+    One compiled call and a few small allocations: at a handful of rows the blocked walk's set-up
+    (blocks, a counting sort, scratch arrays) costs more than the walk itself. Compiled serial and
+    parallel (:data:`fff_rows`); run the parallel variant with chunk size 1 (:func:`run_parallel`),
+    so groups are handed to threads one at a time.
     """
     rows = x.shape[0]
     y = np.empty((rows, w_out.shape[2]), x.dtype)
-    groups = (rows + GROUP_ROWS - 1) // GROUP_ROWS
-    for g in prange(groups):
+    # Scratch for every row, each group using its own rows: allocated once per call rather than once
+    # per group (which cost about 2% at 16 to 128 rows on one thread).
+    levels = _level_count(w_in.shape[1])
+    logits = np.empty((rows, levels), x.dtype)
+    nodes = np.empty((rows, levels), np.int64)
+    for g in prange((rows + GROUP_ROWS - 1) // GROUP_ROWS):
         lo = g * GROUP_ROWS
-        _fff_row_range(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, w_out, code, y)
+        _fff_group(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, w_out, code, y, logits, nodes)
     return y
 
 
+fff_rows = serial_and_parallel(_fff_rows, fastmath=SAFE_FASTMATH)
+
+
 @njit(cache=True, fastmath=SAFE_FASTMATH)
-def _cmm_row_range(x, lo, hi, w_in, b_in, has_bias, logits, nodes):
-    """Logits and nodes (B, K, L) of rows ``lo .. hi-1``, walked as :func:`_fff_row_range` walks
+def _cmm_group(x, lo, hi, w_in, b_in, has_bias, logits, nodes):
+    """Logits and nodes (B, K, L) of rows ``lo .. hi-1``, one group, walked as :func:`_fff_group` walks
     them (the same groups, the same dot products), so ``cmm`` reports the path ``fff`` takes."""
-    trees = w_in.shape[0]
-    r = lo
-    while r < hi:
-        group = min(GROUP_ROWS, hi - r)
-        for tree in range(trees):
-            if group == GROUP_ROWS:
-                group_logits = logits[r : r + GROUP_ROWS, tree]
-                _walk_group(x, r, w_in, b_in, has_bias, tree, group_logits, nodes[r : r + GROUP_ROWS, tree])
-            else:
-                for k in range(group):
-                    _walk_row(x, r + k, w_in, b_in, has_bias, tree, logits[r + k, tree], nodes[r + k, tree])
-        r += group
+    for tree in range(w_in.shape[0]):
+        _walk_rows(x, lo, hi - lo, w_in, b_in, has_bias, tree, logits[lo:hi, tree], nodes[lo:hi, tree])
 
 
-@njit(cache=True, fastmath=SAFE_FASTMATH)
-def _cmm_rows_serial(x, w_in, b_in, has_bias):
-    """CMM of a small batch on the calling thread: logits (B, K, L) in x's dtype, nodes (B, K, L) int64."""
+def _cmm_rows(x, w_in, b_in, has_bias):
+    """CMM of a batch below the blocked walk's size, group by group (:func:`_cmm_group`): logits
+    (B, K, L) in x's dtype, nodes (B, K, L) int64. Compiled serial and parallel (:data:`cmm_rows`)."""
     rows = x.shape[0]
     levels = _level_count(w_in.shape[1])
     logits = np.empty((rows, w_in.shape[0], levels), x.dtype)
     nodes = np.empty((rows, w_in.shape[0], levels), np.int64)
-    _cmm_row_range(x, 0, rows, w_in, b_in, has_bias, logits, nodes)
-    return logits, nodes
-
-
-@njit(cache=True, fastmath=SAFE_FASTMATH, parallel=True)
-def _cmm_rows_parallel(x, w_in, b_in, has_bias):
-    """:func:`_cmm_rows_serial` with the groups of four rows spread over numba's threads (call it
-    through :func:`run_parallel`)."""
-    rows = x.shape[0]
-    levels = _level_count(w_in.shape[1])
-    logits = np.empty((rows, w_in.shape[0], levels), x.dtype)
-    nodes = np.empty((rows, w_in.shape[0], levels), np.int64)
-    groups = (rows + GROUP_ROWS - 1) // GROUP_ROWS
-    for g in prange(groups):
+    for g in prange((rows + GROUP_ROWS - 1) // GROUP_ROWS):
         lo = g * GROUP_ROWS
-        _cmm_row_range(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, logits, nodes)
+        _cmm_group(x, lo, min(rows, lo + GROUP_ROWS), w_in, b_in, has_bias, logits, nodes)
     return logits, nodes
+
+
+cmm_rows = serial_and_parallel(_cmm_rows, fastmath=SAFE_FASTMATH)
+
+
+@njit(cache=True, inline="always")
+def _run_end(node, start):
+    """Where the run of equal entries of ``node`` that begins at ``start`` ends (one past its last)."""
+    stop = start + 1
+    while stop < node.shape[0] and node[stop] == node[start]:
+        stop += 1
+    return stop
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH)
@@ -292,9 +355,7 @@ def _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, first, last, l
         start = 0
         while start < m:
             current = node[start]
-            stop = start + 1
-            while stop < m and node[stop] == current:
-                stop += 1
+            stop = _run_end(node, start)
             bias = b_in[tree, current] if has_bias else x.dtype.type(0)
             i = start
             while i + 4 <= stop:
@@ -316,9 +377,7 @@ def _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, first, last, l
         out = 0
         while start < m:
             current = node[start]
-            stop = start + 1
-            while stop < m and node[stop] == current:
-                stop += 1
+            stop = _run_end(node, start)
             for j in range(start, stop):
                 row = order[j]
                 logits[row, slot, level] = values[j]
@@ -335,28 +394,6 @@ def _walk_block(x, w_in, b_in, has_bias, tree, slot, order, node, first, last, l
             start = stop
         order[:] = scratch_order
         node[:] = scratch_node
-
-
-@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
-def _accumulate4(y, row, a0, a1, a2, a3, w, tree, n0, n1, n2, n3, assign):
-    """``y[row] (= or +=) a0 w[tree, n0] + ... + a3 w[tree, n3]``: four levels per pass over ``y[row]``."""
-    if assign:
-        for j in range(y.shape[1]):
-            y[row, j] = a0 * w[tree, n0, j] + a1 * w[tree, n1, j] + a2 * w[tree, n2, j] + a3 * w[tree, n3, j]
-    else:
-        for j in range(y.shape[1]):
-            y[row, j] += a0 * w[tree, n0, j] + a1 * w[tree, n1, j] + a2 * w[tree, n2, j] + a3 * w[tree, n3, j]
-
-
-@njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
-def _accumulate1(y, row, a0, w, tree, n0, assign):
-    """``y[row] (= or +=) a0 w[tree, n0]``: the levels left over after the passes of four."""
-    if assign:
-        for j in range(y.shape[1]):
-            y[row, j] = a0 * w[tree, n0, j]
-    else:
-        for j in range(y.shape[1]):
-            y[row, j] += a0 * w[tree, n0, j]
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
@@ -385,36 +422,6 @@ def _accumulate_shared(y, r0, r1, r2, r3, acts, i, level, w, tree, n0, n1, n2, n
             y[r1, j] += v1
             y[r2, j] += v2
             y[r3, j] += v3
-
-
-@njit(cache=True, fastmath=SAFE_FASTMATH)
-def _output_row_levels(y, row, acts, i, nodes, w_out, tree, first_level, assign):
-    """``y[row] (= or +=) sum_{l >= first_level} acts[i, l] * w_out[tree, nodes[row, 0, l]]``."""
-    levels = acts.shape[1]
-    first = assign
-    level = first_level
-    while level + 4 <= levels:
-        _accumulate4(
-            y,
-            row,
-            acts[i, level],
-            acts[i, level + 1],
-            acts[i, level + 2],
-            acts[i, level + 3],
-            w_out,
-            tree,
-            nodes[row, 0, level],
-            nodes[row, 0, level + 1],
-            nodes[row, 0, level + 2],
-            nodes[row, 0, level + 3],
-            first,
-        )
-        first = False
-        level += 4
-    while level < levels:
-        _accumulate1(y, row, acts[i, level], w_out, tree, nodes[row, 0, level], first)
-        first = False
-        level += 1
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH)
@@ -461,31 +468,39 @@ def _output_rows(y, order, logits, nodes, w_out, tree, code, assign):
             )
             first = False
         for k in range(4):
-            _output_row_levels(y, order[i + k], acts, i + k, nodes, w_out, tree, shared, first)
+            _output_levels(y, order[i + k], acts[i + k], nodes[order[i + k], 0], w_out, tree, shared, first)
         i += 4
     while i < m:
-        _output_row_levels(y, order[i], acts, i, nodes, w_out, tree, 0, assign)
+        _output_levels(y, order[i], acts[i], nodes[order[i], 0], w_out, tree, 0, assign)
         i += 1
 
 
 @njit(cache=True)
-def _sort_by_node(node_at_split, n_nodes):
-    """Row indices sorted (stably) by ``node_at_split``, a counting sort: (B,) int64.
+def counting_sort(keys, n_keys):
+    """The indices of ``keys`` (n,) int64, each in ``0 .. n_keys-1``, sorted stably by key.
 
-    Nodes are below ``2 * n_nodes + 1``: a split after the last level names the
-    leaves' would-be children.
+    Returns ``order`` (n,) int64, the indices by key (ascending within a key), and ``start``
+    (n_keys + 1,) int64: key k's indices are ``order[start[k]:start[k + 1]]``.
     """
-    counts = np.zeros(2 * n_nodes + 2, np.int64)
-    for row in range(node_at_split.shape[0]):
-        counts[node_at_split[row] + 1] += 1
-    for n in range(2 * n_nodes + 1):
-        counts[n + 1] += counts[n]
-    order = np.empty(node_at_split.shape[0], np.int64)
-    for row in range(node_at_split.shape[0]):
-        n = node_at_split[row]
-        order[counts[n]] = row
-        counts[n] += 1
-    return order
+    start = np.zeros(n_keys + 1, np.int64)
+    for i in range(keys.shape[0]):
+        start[keys[i] + 1] += 1
+    for k in range(n_keys):
+        start[k + 1] += start[k]
+    filled = start[:-1].copy()
+    order = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        order[filled[k]] = i
+        filled[k] += 1
+    return order, start
+
+
+@njit(cache=True)
+def _sort_by_node(node_at_split, n_nodes):
+    """Row indices sorted (stably) by ``node_at_split``: (B,) int64. Nodes are below
+    ``2 * n_nodes + 1``: a split after the last level names the leaves' would-be children."""
+    return counting_sort(node_at_split, 2 * n_nodes + 1)[0]
 
 
 @njit(cache=True, fastmath=SAFE_FASTMATH)
@@ -511,33 +526,17 @@ def _deep_block(
         _output_rows(y, order, logits, nodes, w_out, tree, code, assign)
 
 
-@njit(cache=True, parallel=True)
-def _walk_tree_parallel(
-    x,
-    w_in,
-    b_in,
-    has_bias,
-    tree,
-    slot,
-    logits,
-    nodes,
-    block,
-    split,
-    node_at_split,
-    y,
-    w_out,
-    code,
-    fused,
-    assign,
+def _walk_tree(
+    x, w_in, b_in, has_bias, tree, slot, logits, nodes, block, split, node_at_split, y, w_out, code, fused, assign
 ):
-    """Every row through tree ``tree`` (see the module docstring), blocks spread over Numba's threads.
+    """Every row through tree ``tree`` (see the module docstring), block by block.
 
     ``node_at_split`` (B,) int64 zeros, filled with the node each row reaches
-    at level ``split``. Call it through :func:`run_parallel`,
-    which hands blocks out one at a time (chunk size 1), so a thread that the
-    operating system delays holds back one block, not a fixed share of them.
-    (``with parallel_chunksize`` inside the kernel would do the same but cannot
-    be cached.)
+    at level ``split``. Compiled serial and parallel (:data:`walk_tree`); run the
+    parallel variant through :func:`run_parallel`, which hands blocks out one at a
+    time (chunk size 1), so a thread that the operating system delays holds back
+    one block, not a fixed share of them. (``with parallel_chunksize`` inside the
+    kernel would do the same but cannot be cached.)
     """
     rows = x.shape[0]
     blocks = (rows + block - 1) // block
@@ -547,7 +546,7 @@ def _walk_tree_parallel(
             _top_block(
                 x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, min(rows, lo + block), split, node_at_split
             )
-        sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
+    sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
     for b in prange(blocks):
         lo = b * block
         order = sorted_rows[lo : min(rows, lo + block)].copy()
@@ -571,56 +570,7 @@ def _walk_tree_parallel(
         )
 
 
-@njit(cache=True)
-def _walk_tree_serial(
-    x,
-    w_in,
-    b_in,
-    has_bias,
-    tree,
-    slot,
-    logits,
-    nodes,
-    block,
-    split,
-    node_at_split,
-    y,
-    w_out,
-    code,
-    fused,
-    assign,
-):
-    """:func:`_walk_tree_parallel` without threads, for forked children (:func:`_walk_tree`)."""
-    rows = x.shape[0]
-    blocks = (rows + block - 1) // block
-    if split > 0:
-        for b in range(blocks):
-            lo = b * block
-            _top_block(
-                x, w_in, b_in, has_bias, tree, slot, logits, nodes, lo, min(rows, lo + block), split, node_at_split
-            )
-    sorted_rows = _sort_by_node(node_at_split, w_in.shape[1])
-    for b in range(blocks):
-        lo = b * block
-        order = sorted_rows[lo : min(rows, lo + block)].copy()
-        _deep_block(
-            x,
-            w_in,
-            b_in,
-            has_bias,
-            tree,
-            slot,
-            logits,
-            nodes,
-            order,
-            split,
-            node_at_split,
-            y,
-            w_out,
-            code,
-            fused,
-            assign,
-        )
+walk_tree = serial_and_parallel(_walk_tree)
 
 
 def run_parallel(kernel, *args):
@@ -644,15 +594,16 @@ def run_on_one_thread(kernel, *args):
         set_num_threads(previous)
 
 
-def _walk_tree(parallel: bool):
+def _tree_walker(parallel: bool) -> Callable[..., None]:
     """The tree walk to run: the parallel kernel on every thread or on this one; the serial kernel
     in a child forked from a process that ran numba's threads (see :mod:`fffcore.forking`), which
-    must not enter the inherited thread pool at all."""
+    must not enter the inherited thread pool at all. (Elsewhere the serial runs too use the parallel
+    kernel, on one thread, so that a process compiles one walk, not two.)"""
     if parallel:
-        return lambda *args: run_parallel(_walk_tree_parallel, *args)
+        return lambda *args: run_parallel(walk_tree.parallel, *args)
     if forking.inherited("numba"):
-        return _walk_tree_serial
-    return lambda *args: run_on_one_thread(_walk_tree_parallel, *args)
+        return walk_tree.serial
+    return lambda *args: run_on_one_thread(walk_tree.parallel, *args)
 
 
 def choose_split(rows: int, levels: int, block: int) -> int:
@@ -677,44 +628,15 @@ def run_cmm(
         w_in: (K, N, d_in) weights; b_in: (K, N) biases, read only when ``has_bias``.
         block: rows walked together.
         parallel: on every thread (blocks handed out one at a time), or on the calling one. Both
-            run the parallel kernel (see :func:`_walk_tree`), so either enters numba's threading
+            run the parallel kernel (see :func:`_tree_walker`), so either enters numba's threading
             layer.
 
     Returns:
         logits (B, K, L) in x's dtype and nodes (B, K, L) int64, L = depth + 1.
     """
-    rows = x.shape[0]
-    trees, n_nodes, _ = w_in.shape
-    levels = (n_nodes + 1).bit_length() - 1
-    logits = np.empty((rows, trees, levels), x.dtype)
-    nodes = np.empty((rows, trees, levels), np.int64)
-    if rows == 0:
-        return logits, nodes
-    split = choose_split(rows, levels, block)
-    unused_y = np.empty((0, 1), x.dtype)
     unused_w = np.empty((1, 1, 1), x.dtype)
     unused_w.flags.writeable = False  # as the layer's w_out: the same compiled walk as run_fff
-    kernel = _walk_tree(parallel)
-    for tree in range(trees):
-        node_at_split = np.zeros(rows, np.int64)
-        kernel(
-            x,
-            w_in,
-            b_in,
-            has_bias,
-            tree,
-            tree,
-            logits,
-            nodes,
-            block,
-            split,
-            node_at_split,
-            unused_y,
-            unused_w,
-            0,
-            False,
-            False,
-        )
+    _, logits, nodes = _run_blocked(x, w_in, b_in, has_bias, unused_w, 0, False, block, parallel)
     return logits, nodes
 
 
@@ -734,25 +656,37 @@ def run_fff(
     ``code`` (:data:`fffcore.backends.numba.activations.ACTIVATION_CODES`).
     Only one tree's (B, 1, L) logits and nodes exist at a time.
     """
+    return _run_blocked(x, w_in, b_in, has_bias, w_out, code, True, block, parallel)[0]
+
+
+def _run_blocked(x, w_in, b_in, has_bias, w_out, code, fused, block, parallel):
+    """The blocked walk, tree by tree, for :func:`run_fff` and :func:`run_cmm`: ``(y, logits, nodes)``.
+
+    ``fused`` (fff): y (B, d_out), and logits and nodes (B, 1, L) of the tree being walked, which the
+    next tree overwrites. Not fused (cmm): logits and nodes (B, K, L) of every tree, and no y.
+    """
     rows = x.shape[0]
     trees, n_nodes, _ = w_in.shape
     levels = (n_nodes + 1).bit_length() - 1
-    y = np.empty((rows, w_out.shape[2]), x.dtype)
+    slots = 1 if fused else trees
+    y = np.empty((rows, w_out.shape[2]) if fused else (0, 1), x.dtype)
+    logits = np.empty((rows, slots, levels), x.dtype)
+    nodes = np.empty((rows, slots, levels), np.int64)
     if rows == 0:
-        return y
+        return y, logits, nodes
     split = choose_split(rows, levels, block)
-    logits = np.empty((rows, 1, levels), x.dtype)
-    nodes = np.empty((rows, 1, levels), np.int64)
-    kernel = _walk_tree(parallel)
+    kernel = _tree_walker(parallel)
     for tree in range(trees):
         node_at_split = np.zeros(rows, np.int64)
+        slot = 0 if fused else tree
+        assign = tree == 0  # the first tree writes y, the others add to it
         kernel(
             x,
             w_in,
             b_in,
             has_bias,
             tree,
-            0,
+            slot,
             logits,
             nodes,
             block,
@@ -761,10 +695,10 @@ def run_fff(
             y,
             w_out,
             code,
-            True,
-            tree == 0,
+            fused,
+            assign,
         )
-    return y
+    return y, logits, nodes
 
 
 def cache_statistics() -> dict[str, int]:
@@ -774,14 +708,7 @@ def cache_statistics() -> dict[str, int]:
     cache was filled, every signature should be a hit.
     """
     hits = misses = 0
-    for dispatcher in (
-        _walk_tree_parallel,
-        _walk_tree_serial,
-        _fff_rows_serial,
-        _fff_rows_parallel,
-        _cmm_rows_serial,
-        _cmm_rows_parallel,
-    ):
+    for dispatcher in (*walk_tree, *fff_rows, *cmm_rows):
         hits += sum(dispatcher.stats.cache_hits.values())
         misses += sum(dispatcher.stats.cache_misses.values())
     return {"hits": hits, "misses": misses}

@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     """List the backends; exit status 1 when ``FFFCORE_BACKEND`` names one that cannot run here."""
     from fffcore import list_backends
-    from fffcore.selection import environment_problem
+    from fffcore.plan import environment_problem
 
     rows = list_backends()
     problem = environment_problem()
@@ -45,7 +45,7 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{'':<{width}}  why: {row.reason}")
             if row.fix:
                 print(f"{'':<{width}}  fix: {row.fix}")
-    from fffcore.selection import automatic_choices
+    from fffcore.plan import automatic_choices
 
     print()
     print("automatic choice (no backend named):")

@@ -80,10 +80,11 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"fff check: --max-examples must be >= 1, got {max_examples}", file=sys.stderr)
         return 2
 
-    from fffcore import BackendUnavailableError, UnknownBackendError, __version__
+    from fffcore import __version__
     from fffcore.conformance.properties import get_property
     from fffcore.conformance.runner import PropertyResult, run_property
     from fffcore.conformance.target import resolve_target
+    from fffcore.registry import BackendUnavailableError, UnknownBackendError
 
     seed = arguments.seed if arguments.seed is not None else random.randrange(2**31)
     try:

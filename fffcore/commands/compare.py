@@ -85,7 +85,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--gpu-results",
         metavar="PATH",
-        help="print the table of a GPU benchmark results file (benchmarks/gpu_bench.py) instead of measuring",
+        help="print the table of a GPU benchmark results file (benchmarks/studies/gpu_bench.py) instead of measuring",
     )
     parser.set_defaults(func=run)
 
@@ -344,17 +344,13 @@ def _cpu_note() -> str:
 
 
 def print_gpu_results(path: str) -> int:
-    """Print a ``benchmarks/gpu_bench.py`` results file as a table: 0, or 2 when it cannot be read."""
-    import dataclasses
-    import json
-
-    from fffcore.benchmarks.gpu_bench import CaseResult, format_table, grouped_crossover
+    """Print a results file of the GPU benchmark study as a table: 0, or 2 when it cannot be read."""
+    from fffcore.benchmarks.gpu_report import format_table, grouped_crossover, read_case_results, read_report
 
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-        names = {f.name for f in dataclasses.fields(CaseResult)}
-        results = [CaseResult(**{k: v for k, v in r.items() if k in names}) for r in report.get("results", [])]
-    except (OSError, ValueError, TypeError) as error:
+        report = read_report(Path(path))
+        results = read_case_results(report)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
         message = f"fff compare: --gpu-results: cannot read {path} as a GPU benchmark results file: {error}"
         print(message, file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from fffcore import BackendUnavailableError, UnknownBackendError, warmup
+    from fffcore.registry import BackendUnavailableError, UnknownBackendError
+    from fffcore.warmup import warmup
 
     try:
         seconds = warmup(dtypes=arguments.dtype, backends=arguments.backend)

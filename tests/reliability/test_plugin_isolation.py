@@ -10,8 +10,7 @@ from fffcore import registry as registry_module
 from fffcore.backend import Availability
 from fffcore.cli import main
 from fffcore.hookspecs import ENTRY_POINT_GROUP, hookimpl
-
-from ..conftest import FakeBackend, plugin_with
+from tests.fakes import FakeBackend, plugin_with
 
 PARAMS = fffcore.FFFParams.random(3, 2, 1, seed=0)
 X = np.ones((2, 3), np.float32)

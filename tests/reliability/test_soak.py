@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fffcore.benchmarks import soak
+from benchmarks.studies import soak
 
 
 def test_soak_runs_a_small_mix_and_snapshots_after_each_part():

@@ -1,0 +1,121 @@
+"""The fenced code blocks of README.md and docs/*.md, split into the commands the docs test runs.
+
+A block is marked with an HTML comment on the line before its opening fence:
+
+- ``<!-- docs-test: needs a GPU -->``: it runs only where CUDA is (skipped elsewhere);
+- ``<!-- docs-test: needs PATH -->``: it needs a file or package the same page says how to make;
+- ``<!-- docs-test: needs a Dask scheduler -->``: it runs against a local cluster the test starts, whose
+  address replaces the placeholder ``tcp://SCHEDULER:8786``;
+- ``<!-- NAME:start -->``: a README set-up command that ``.ci/run`` runs as written.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES: tuple[Path, ...] = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+SHELL_LANGUAGES = frozenset({"sh", "bash", "console"})
+#: ``text`` marks output and file trees, which are shown, not run.
+LANGUAGES = SHELL_LANGUAGES | {"python", "toml", "dockerfile", "text"}
+GPU_MARKER = "needs a GPU"
+_FENCE = re.compile(r"^```(\S*)\s*$")
+_MARKER = re.compile(r"^<!-- (?:docs-test: (?P<need>.+?)|(?P<ci>[\w-]+):start) -->$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block: its page, the line of its opening fence, language, text and marker."""
+
+    page: Path
+    line: int
+    language: str
+    code: str
+    need: str | None = None  # "needs a GPU" or "needs PATH ..." from a docs-test marker
+    ci_name: str | None = None  # the README block name that .ci/run runs
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(REPO)}:{self.line}"
+
+
+def page_blocks(page: Path) -> list[Block]:
+    """Every fenced block of ``page``, in order."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    found: list[Block] = []
+    index = 0
+    while index < len(lines):
+        fence = _FENCE.match(lines[index])
+        if fence is None:
+            index += 1
+            continue
+        end = index + 1
+        while end < len(lines) and not lines[end].startswith("```"):
+            end += 1
+        if end == len(lines):
+            raise ValueError(f"{page.relative_to(REPO)}:{index + 1}: a code block that is never closed")
+        marker = _MARKER.match(lines[index - 1]) if index else None
+        found.append(
+            Block(
+                page,
+                index + 1,
+                fence.group(1),
+                "\n".join(lines[index + 1 : end]) + "\n",
+                marker.group("need") if marker else None,
+                marker.group("ci") if marker else None,
+            )
+        )
+        index = end + 1
+    return found
+
+
+def all_blocks() -> list[Block]:
+    return [block for page in PAGES for block in page_blocks(page)]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One simple command of a shell block: its environment assignments and its words."""
+
+    env: dict[str, str]
+    argv: list[str]
+    line: str  # as written, for messages
+
+    @property
+    def text(self) -> str:
+        """The words alone, joined: what the table of long commands is matched against."""
+        return " ".join(self.argv)
+
+
+def commands(block: Block) -> list[Command]:
+    """The commands of a shell or Dockerfile block (a Dockerfile's ``RUN`` lines), one per line and per
+    ``&&``; ``$`` prompts and ``#`` comments removed. Pipes, redirections and substitutions are refused,
+    so that each command can run without a shell."""
+    found: list[Command] = []
+    for raw in block.code.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if block.language == "dockerfile":
+            if not line.startswith("RUN "):
+                continue  # FROM, COPY, ENV: steps of an image build, not commands
+            line = line.removeprefix("RUN ")
+        line = line.removeprefix("$ ")
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if any(word in ("|", "||", ";", ">", ">>", "<") or "$(" in word or "`" in word for word in words):
+            raise ValueError(f"{block.where}: {line!r} needs a shell; keep documented commands simple")
+        simple: list[str] = []
+        for word in [*words, "&&"]:
+            if word != "&&":
+                simple.append(word)
+                continue
+            env = {}
+            while simple and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", simple[0]):
+                name, _, value = simple.pop(0).partition("=")
+                env[name] = value
+            found.append(Command(env, simple, line))
+            simple = []
+    return found
