@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +16,12 @@ from fffcore.benchmarks.comparison import OK, WRONG, Result, shapes_of, speedups
 from fffcore.benchmarks.roofline import probe_size
 
 JSON_FORMAT = "fffcore-compare/1"
+#: The largest results file ``fff compare`` reads (``--compare``, ``--gpu-results``): 16 MiB. Its own
+#: ``--json`` of every family and batch is under 1 MiB; parsing takes about ten times a file's size in
+#: memory, so a larger file is refused (checked with ``os.stat`` before a byte is read), not loaded.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+#: The deepest nesting of arrays and objects accepted in a results file (theirs is 4 or 5 levels).
+MAX_NESTING = 32
 
 
 def three_digits(value: float) -> str:
@@ -213,6 +221,92 @@ def results_to_json(results: Sequence[Result], machine: dict[str, Any], settings
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` whole or not at all: into a file beside it, then renamed over it, so a
+    full disk or an interruption never leaves a truncated file (or an earlier run's file half replaced)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(record, indent=2) + "\n"
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def read_json_file(path: str | Path, option: str, max_bytes: int | None = None) -> Any:
+    """The parsed JSON of ``path``, read only if it is at most ``max_bytes`` (default
+    :data:`MAX_FILE_BYTES`) and nested at most :data:`MAX_NESTING` levels; otherwise a one-line
+    ValueError naming ``option`` and the file.
+
+    The size is checked with ``os.stat`` before reading, and the read stops one byte past the limit, so
+    neither a huge file nor one that grows (or a device such as ``/dev/zero``) is loaded into memory.
+    """
+    shown = printable(str(path))
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    try:
+        size = os.stat(path).st_size
+        if size > max_bytes:
+            raise ValueError(f"{option}: {shown} is {size:,} bytes, over the {_mib(max_bytes)} limit on results files")
+        with open(path, "rb") as file:
+            raw = file.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise ValueError(f"{option}: {shown} is over the {_mib(max_bytes)} limit on results files")
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as error:
+        raise ValueError(f"{option}: cannot read {shown}: {printable(error.strerror or str(error))}") from None
+    except RecursionError:
+        raise ValueError(f"{option}: {shown} is nested deeper than {MAX_NESTING} levels") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{option}: cannot read {shown}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option}: cannot read {shown}: not JSON: {error}") from None
+    if _nesting(data) > MAX_NESTING:
+        raise ValueError(f"{option}: {shown} is nested deeper than {MAX_NESTING} levels")
+    return data
+
+
+def _mib(size: int) -> str:
+    return f"{size // 2**20} MiB" if size % 2**20 == 0 else f"{size:,}-byte"
+
+
+def _nesting(value: Any) -> int:
+    """How many arrays and objects deep ``value`` goes (0 for a number or string), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+#: Characters shown as themselves even though they format text: bidirectional overrides and isolates
+#: are not among them (they reorder what a terminal shows), so they are replaced like control characters.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def printable(text: Any, keep: str = "") -> str:
+    """``text`` (made a string) safe to print on a terminal: every control character (ESC, carriage
+    return, backspace, DEL, the C1 range, bidirectional overrides) other than those in ``keep`` (say
+    ``"\\n\\t"``) is replaced by a visible escape such as ``\\x1b``, so text read from a file can neither
+    move the cursor, recolour, retitle or clear the terminal nor hide what it says."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char in keep or not (unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS)
+        else (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        for char in text
+    )

@@ -158,15 +158,22 @@ class FFFParams:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this layer to ``path`` as a layer file (safetensors; see :mod:`fffcore.layer_file`)."""
+        """Write this layer to ``path`` as a layer file (safetensors; see :mod:`fffcore.layer_file`).
+
+        Atomic: the bytes go to a new file created beside ``path`` (never through a link planted there),
+        renamed over ``path`` when complete and removed on failure. A ``path`` that is a folder is a
+        ValueError."""
         write_layer(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FFFParams:
-        """The layer in the layer file ``path`` (written by :meth:`save`), in numpy arrays (torch for bfloat16)."""
+        """The layer in the layer file ``path`` (written by :meth:`save`), in numpy arrays (torch for bfloat16).
+
+        Anything wrong with the file, down to the last byte range, is one ValueError naming ``path``."""
         arrays, activation = read_layer(path)
         try:
-            return cls(arrays["w_in"], arrays.get("b_in"), arrays["w_out"], activation)
+            # read_layer's arrays are new copies that nobody else holds
+            return cls(arrays["w_in"], arrays.get("b_in"), arrays["w_out"], activation, copy=False)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from error
 

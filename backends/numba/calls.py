@@ -43,6 +43,7 @@ from fffcore.params import FFFParams
 _THREAD_SAFE_LAYERS = ("tbb", "omp")
 _serial_lock = threading.Lock()
 _layer_is_thread_safe = False
+_threads_started = False
 
 _no_bias: dict[str, np.ndarray] = {}
 
@@ -172,6 +173,7 @@ def _in_pool(enters_pool: bool, what: str, dtype: str, call: Callable[[], Any]) 
     if not enters_pool or _layer_is_thread_safe:
         return _first_call(what, dtype, call)
     with _serial_lock:
+        _start_threads()
         result = _first_call(what, dtype, call)
         _layer_is_thread_safe = _threading_layer() in _THREAD_SAFE_LAYERS
         return result
@@ -211,6 +213,8 @@ def warm_up(dtypes: Sequence[str]) -> None:
     entry point small calls use), and the blocked walk (whose serial runs are the parallel kernel
     on one thread). Asked for, so no compiling notice is shown. A child forked from a process
     that ran numba's threads compiles the threadless walk the first time it needs it."""
+    with _serial_lock:
+        _start_threads()
     for dtype in dtypes:
         for kernel in ("fff rows", "cmm rows", "fff blocked", "cmm blocked"):
             for variant in (" serial", " parallel"):
@@ -343,6 +347,29 @@ def _bias(params: FFFParams) -> tuple[np.ndarray, bool]:
         stand_in.flags.writeable = False
         _no_bias[params.dtype] = stand_in
     return stand_in, False
+
+
+def _start_threads() -> None:
+    """Start numba's threads (its threading layer) once, before a kernel enters them, so that a layer
+    that cannot load here fails as one line with its fix rather than a traceback from inside numba.
+    Called under ``_serial_lock``; later calls cost a flag test."""
+    global _threads_started
+    if _threads_started:
+        return
+    import numba
+
+    from fffcore.registry import BackendUnavailableError
+
+    try:
+        numba.get_num_threads()  # launches the threads, loading the layer numba's settings ask for
+    except ValueError as error:
+        numba_says = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        layer = f"NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER}"
+        raise BackendUnavailableError(
+            f"backend 'numba' is unavailable: its threading layer ({layer}) does not load here: {numba_says}; "
+            "to fix: install what it needs, or unset NUMBA_THREADING_LAYER so that numba picks one that loads"
+        ) from None
+    _threads_started = True
 
 
 def _threading_layer() -> str:

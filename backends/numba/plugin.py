@@ -6,11 +6,19 @@ numpy releases newer than it supports, llvmlite may miss its shared library)
 is listed as unavailable with the reason instead of failing the first call;
 automatic selection asks it only for numpy input, before the kernels' first
 use imports numba anyway.
+
+Numba's own environment variables can stop it too, each found here with its own fix rather
+than failing the first call with a traceback: ``NUMBA_DISABLE_JIT`` (no compiler: the kernels
+would be plain Python functions), a ``NUMBA_THREADING_LAYER`` or
+``NUMBA_THREADING_LAYER_PRIORITY`` numba does not know, and a ``NUMBA_NUM_THREADS`` below 1
+(numba then refuses to import). A known threading layer that cannot load here (``tbb`` without
+TBB) shows only when numba starts its threads; :mod:`.calls` reports it then.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -27,6 +35,57 @@ from fffcore.params import FFFParams
 from fffcore.registry import one_line
 
 INSTALL = "pip install 'fffcore[numba]'"
+
+#: Values of ``NUMBA_THREADING_LAYER`` numba accepts: a purpose, or one of the layers themselves.
+THREADING_LAYERS = ("default", "safe", "threadsafe", "forksafe", "tbb", "omp", "workqueue")
+_LAYER_NAMES = {"tbb", "omp", "workqueue"}
+
+
+def _setting(name: str, value: Any) -> str:
+    """``NAME=value`` as the user wrote it (numba may also read it from a ``.numba_config.yaml``)."""
+    return f"{name}={os.environ.get(name, value)}"
+
+
+def settings_problem(config: Any) -> Availability | None:
+    """Why numba, imported, cannot run the kernels with these settings (``numba.config``), or None."""
+    if config.DISABLE_JIT:
+        return Availability(
+            False,
+            f"{_setting('NUMBA_DISABLE_JIT', config.DISABLE_JIT)} turns numba's compiler off",
+            "unset NUMBA_DISABLE_JIT",
+        )
+    layer = str(config.THREADING_LAYER).lower()
+    if layer not in THREADING_LAYERS:
+        return Availability(
+            False,
+            f"{_setting('NUMBA_THREADING_LAYER', config.THREADING_LAYER)} is not a threading layer numba knows",
+            f"set NUMBA_THREADING_LAYER to one of {', '.join(THREADING_LAYERS)}, or unset it (numba then picks one)",
+        )
+    priority = list(config.THREADING_LAYER_PRIORITY)
+    if len(priority) != len(_LAYER_NAMES) or set(priority) != _LAYER_NAMES:
+        return Availability(
+            False,
+            f"NUMBA_THREADING_LAYER_PRIORITY={' '.join(map(str, priority))!r} "
+            "is not an order of tbb, omp and workqueue",
+            "set NUMBA_THREADING_LAYER_PRIORITY to all three, space-separated (e.g. 'tbb omp workqueue'), or unset it",
+        )
+    return None
+
+
+def import_problem(error: BaseException) -> Availability:
+    """Why ``import numba`` raised ``error``: a setting of numba's that it refuses, or a broken install."""
+    threads = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    try:
+        too_few = int(threads) < 1
+    except ValueError:
+        too_few = False
+    if too_few:
+        return Availability(
+            False,
+            f"NUMBA_NUM_THREADS={threads} is not a number of threads (numba refuses to import: {one_line(error)})",
+            "set NUMBA_NUM_THREADS to a positive number, or unset it to use every core",
+        )
+    return Availability(False, f"numba is installed but fails to import: {one_line(error)}", INSTALL)
 
 
 class NumbaBackend(Backend):
@@ -55,10 +114,10 @@ class NumbaBackend(Backend):
         if importlib.util.find_spec("numba") is None:
             return Availability(False, "numba is not installed", INSTALL)
         try:
-            import numba  # noqa: F401
+            import numba
         except Exception as error:
-            return Availability(False, f"numba is installed but fails to import: {one_line(error)}", INSTALL)
-        return AVAILABLE
+            return import_problem(error)
+        return settings_problem(numba.config) or AVAILABLE
 
     def version(self) -> str:
         try:

@@ -7,7 +7,10 @@ work starts, shows progress and prints the summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -40,7 +43,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     parser.add_argument("--threads-per-worker", type=int, default=1, help="threads of each local worker (default 1)")
     parser.add_argument("--resume", action="store_true", help="compute only the chunks an interrupted run left missing")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an OUTPUT that fff apply wrote (nothing else is replaced)"
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the local cluster's Dask dashboard on 127.0.0.1 (off by default)",
+    )
     parser.add_argument("--no-compression", action="store_true", help="store the output chunks uncompressed")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -54,61 +64,106 @@ def run(arguments: argparse.Namespace) -> int:
     except ImportError as error:
         print(f"fff apply: {error}", file=sys.stderr)
         return 2
+    plan = None
     try:
-        params = _layer(arguments)
-        _check_backend(params, arguments.backend)
-        for option in ("chunk_rows", "workers", "threads_per_worker"):
-            value = getattr(arguments, option)
-            if value is not None and value < 1:
-                raise apply.ApplyError(f"--{option.replace('_', '-')}: expected a positive integer, got {value}")
-        if arguments.resume and arguments.overwrite:
-            raise apply.ApplyError("--resume and --overwrite: choose one")
-        source = apply.open_input(arguments.input, params)
-        plan = apply.prepare_output(
-            arguments.output,
-            source,
-            params,
-            arguments.chunk_rows,
-            resume=arguments.resume,
-            overwrite=arguments.overwrite,
-            compression=not arguments.no_compression,
-        )
-    except (ValueError, TypeError) as error:
-        print(f"fff apply: {error}", file=sys.stderr)
-        return 2
-    if not plan.missing:
-        apply.mark_complete(plan)
-        print(f"fff apply: nothing to do: all {plan.chunks} chunks of {plan.output} are written")
-        return 0
+        try:
+            params = _layer(arguments)
+            _check_backend(params, arguments.backend)
+            for option in ("chunk_rows", "workers", "threads_per_worker"):
+                value = getattr(arguments, option)
+                if value is not None and value < 1:
+                    raise apply.ApplyError(f"--{option.replace('_', '-')}: expected a positive integer, got {value}")
+            if arguments.resume and arguments.overwrite:
+                raise apply.ApplyError("--resume and --overwrite: choose one")
+            if arguments.dashboard and arguments.scheduler is not None:
+                raise apply.ApplyError("--dashboard: only for the local cluster; a --scheduler serves its own")
+            source = apply.open_input(arguments.input, params)
+            plan = apply.prepare_output(
+                arguments.output,
+                source,
+                params,
+                arguments.chunk_rows,
+                resume=arguments.resume,
+                overwrite=arguments.overwrite,
+                compression=not arguments.no_compression,
+            )
+            if not plan.missing:
+                apply.mark_complete(plan)
+                print(f"fff apply: nothing to do: all {plan.chunks} chunks of {plan.output} are written")
+                return 0
+        except (ValueError, TypeError) as error:
+            print(f"fff apply: {error}", file=sys.stderr)
+            return 2
+        return _compute(arguments, source, params, plan)
+    except KeyboardInterrupt:
+        if plan is None:
+            print("fff apply: interrupted before any chunk was computed", file=sys.stderr)
+        else:
+            print(
+                f"fff apply: interrupted; {apply.written_chunks(plan)} of {plan.chunks} chunks are written and kept; "
+                f"to continue: {_resume_command(arguments)}",
+                file=sys.stderr,
+            )
+        return 130
+
+
+def _compute(arguments: argparse.Namespace, source: Any, params: Any, plan: Any) -> int:
+    """Compute the plan's missing chunks on a cluster; a Ctrl-C stops the cluster quietly and propagates."""
+    from fffcore import apply
+
+    client = None
+    interrupted = False
     try:
-        client = _client(arguments)
-    except OSError as error:
-        print(f"fff apply: cannot reach the scheduler {arguments.scheduler}: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"fff apply: {source.shape[0]} rows in {plan.chunks} chunks of {plan.chunk_rows} rows"
-        + (f", {plan.done} written before" if plan.done else "")
-        + f"; {len(client.scheduler_info(n_workers=-1)['workers'])} workers",
-        file=sys.stderr,
-    )
-    progress = None if arguments.quiet else _progress(sys.stderr)
-    try:
-        summary = apply.run(client, source, params, plan, arguments.backend, progress)
-    except Exception as error:  # a chunk failed on a worker: what is written stays written
+        try:
+            client = _client(arguments)
+        except OSError as error:
+            print(f"fff apply: cannot reach the scheduler {arguments.scheduler}: {error}", file=sys.stderr)
+            return 2
         print(
-            f"fff apply: a chunk failed ({type(error).__name__}: {error}); the chunks written so far are kept: "
-            "run again with --resume",
+            f"fff apply: {source.shape[0]} rows in {plan.chunks} chunks of {plan.chunk_rows} rows"
+            + (f", {plan.done} written before" if plan.done else "")
+            + f"; {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
+            + (f"; dashboard {client.dashboard_link}" if arguments.dashboard else ""),
             file=sys.stderr,
         )
-        return 1
+        progress = None if arguments.quiet else _progress(sys.stderr)
+        try:
+            summary = apply.run(client, source, params, plan, arguments.backend, progress)
+        except apply.ApplyError as error:  # every chunk computed, yet a chunk file is missing
+            print(f"fff apply: {error}", file=sys.stderr)
+            return 1
+        except Exception as error:  # a chunk failed on a worker: what is written stays written
+            print(
+                f"fff apply: a chunk failed ({type(error).__name__}: {error}); the chunks written so far are kept: "
+                "run again with --resume",
+                file=sys.stderr,
+            )
+            return 1
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        _close(client)
+        if client is not None:
+            _close(client, quiet=interrupted)
     print(
         f"fff apply: {summary.rows} rows ({summary.chunks_computed} chunks computed, {summary.chunks_before} "
         f"written before) in {summary.seconds:.1f} s: {summary.rows_per_second:,.0f} rows/s on "
         f"{summary.workers} workers -> {plan.output}"
     )
     return 0
+
+
+def _resume_command(arguments: argparse.Namespace) -> str:
+    """The command line that continues this run: its own arguments, with --resume for --overwrite."""
+    words = ["fff", "apply", arguments.layer, arguments.input, arguments.output]
+    for option in ("prefix", "depth", "trees", "activation", "backend", "scheduler", "workers"):
+        value = getattr(arguments, option)
+        if value is not None:
+            words += [f"--{option}", str(value)]
+    if arguments.threads_per_worker != 1:
+        words += ["--threads-per-worker", str(arguments.threads_per_worker)]
+    words += [f"--{flag}" for flag in ("dashboard", "quiet") if getattr(arguments, flag)]
+    return shlex.join([*words, "--resume"])
 
 
 def _layer(arguments: argparse.Namespace) -> Any:
@@ -130,6 +185,15 @@ def _layer(arguments: argparse.Namespace) -> Any:
 
     try:
         state = load_state_dict(path)
+    except ImportError as error:
+        raise ApplyError(f"layer {path}: {error}") from None
+    except Exception as error:  # torch, pickle and safetensors raise many kinds for a file that is not theirs
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ApplyError(
+            f"layer {path}: not a readable checkpoint ({type(error).__name__}: {first_line}); --prefix reads a "
+            ".safetensors file or a torch.save state dict of tensors (read with weights_only: no code in it runs)"
+        ) from None
+    try:
         return params_from_state_dict(
             state,
             arguments.prefix,
@@ -137,7 +201,7 @@ def _layer(arguments: argparse.Namespace) -> Any:
             trees=arguments.trees,
             activation=arguments.activation or "gelu",
         )
-    except (ImportError, OSError, RuntimeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:  # a state dict without this layer in it
         raise ApplyError(f"layer {path}: {error}") from None
 
 
@@ -162,14 +226,31 @@ def _client(arguments: argparse.Namespace) -> Any:
         from distributed import Client
 
         return Client(arguments.scheduler, timeout=10)
-    return local_client(arguments.workers or os.cpu_count() or 1, arguments.threads_per_worker)
+    return local_client(
+        arguments.workers or os.cpu_count() or 1, arguments.threads_per_worker, dashboard=arguments.dashboard
+    )
 
 
-def _close(client: Any) -> None:
+def _close(client: Any, *, quiet: bool = False) -> None:
+    """Close the client and the cluster this command started; ``quiet`` after a Ctrl-C: Dask's logs of the
+    tasks it cancels and the workers it stops are not shown, nor a second Ctrl-C's traceback."""
     cluster = client.cluster  # None for a scheduler this command did not start
-    client.close()
-    if cluster is not None:
-        cluster.close()
+    try:
+        if quiet:
+            _silence_dask_logs()
+            if cluster is not None:  # its workers write to this terminal too
+                with contextlib.suppress(Exception):
+                    client.run(_silence_dask_logs)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    except KeyboardInterrupt:
+        if not quiet:
+            raise
+
+
+def _silence_dask_logs() -> None:
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def _progress(stream: Any) -> Any:

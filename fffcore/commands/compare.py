@@ -167,30 +167,9 @@ def run(arguments: argparse.Namespace) -> int:
     add_bandwidth(results)  # after the timings, so that the probe does not disturb them
     in_force = thread_settings()  # after the run: torch and numba report once they have been imported
     load_after = load_average()
-
-    print(format_table(results))
-    print()
-    print(legend(in_force))
-    print(f"{len(cases)} cases in {elapsed:.0f} s")
-    if load_before is not None and load_after is not None:
-        # Before the run this process had not started computing, so its load was other processes': most
-        # of a core's worth already slows any timing that wants every core.
-        busy = load_before[0] >= BUSY_LOAD_BEFORE or max(load_before[0], load_after[0]) > available_cores()
-        note = (
-            "; other processes competed for the cores, so absolute times are inflated: read the ratios" if busy else ""
-        )
-        loads = f"{load_before[0]:.1f}/{load_after[0]:.1f}"
-        print(f"load average (1 min) before/after: {loads} on {available_cores()} cores{note}")
-    regressed = False
-    if previous is not None:
-        from fffcore.benchmarks.regression import changes, report
-
-        current = results_to_json(results, {}, {})
-        lines, regressions = report(changes(previous, current), previous, threshold)
-        print("\n".join(lines))
-        regressed = bool(regressions)
-        if regressed:
-            print(f"fff compare: {len(regressions)} FFF rows fell by more than {threshold:.0%}", file=sys.stderr)
+    # The results go to disk before anything else is done with them, so that nothing that fails later (the
+    # table, the comparison, the plot) can lose a run of minutes.
+    json_error = None
     if arguments.json:
         settings = {
             "arguments": {k: v for k, v in vars(arguments).items() if k not in ("func", "command")},
@@ -205,11 +184,31 @@ def run(arguments: argparse.Namespace) -> int:
         try:
             write_json(arguments.json, results_to_json(results, describe_machine(in_force), settings))
         except OSError as error:  # checked before the run, but a disk can fill up meanwhile
-            print(
-                f"fff compare: could not write {arguments.json}: {error}; the table above holds the results",
-                file=sys.stderr,
-            )
-            return 1
+            json_error = error
+
+    print(format_table(results))
+    print()
+    print(legend(in_force))
+    print(f"{len(cases)} cases in {elapsed:.0f} s")
+    if load_before is not None and load_after is not None:
+        # Before the run this process had not started computing, so its load was other processes': most
+        # of a core's worth already slows any timing that wants every core.
+        busy = load_before[0] >= BUSY_LOAD_BEFORE or max(load_before[0], load_after[0]) > available_cores()
+        note = (
+            "; other processes competed for the cores, so absolute times are inflated: read the ratios" if busy else ""
+        )
+        loads = f"{load_before[0]:.1f}/{load_after[0]:.1f}"
+        print(f"load average (1 min) before/after: {loads} on {available_cores()} cores{note}")
+    failed = False
+    if previous is not None:
+        failed = not _compare_with_previous(results, previous, threshold, arguments.compare)
+    if json_error is not None:
+        print(
+            f"fff compare: could not write {arguments.json}: {json_error}; the table above holds the results",
+            file=sys.stderr,
+        )
+        failed = True
+    elif arguments.json:
         print(f"wrote {arguments.json}")
     if arguments.plot:
         from fffcore.benchmarks.plot import plot_depth
@@ -221,7 +220,27 @@ def run(arguments: argparse.Namespace) -> int:
             return 1
         print(f"wrote {arguments.plot}")
     wrong = [r for r in results if r.status in ("WRONG", "failed")]
-    return 1 if wrong or regressed else 0
+    return 1 if wrong or failed else 0
+
+
+def _compare_with_previous(results: list[Any], previous: dict[str, Any], threshold: float | None, path: str) -> bool:
+    """Print each FFF row against the earlier run ``previous`` (``--compare``): False when a row fell by
+    more than ``threshold`` or the comparison itself failed (said on stderr; the results are already
+    written by then)."""
+    from fffcore.benchmarks.regression import changes, report
+    from fffcore.benchmarks.report import printable, results_to_json
+
+    try:
+        current = results_to_json(results, {}, {})
+        lines, regressions = report(changes(previous, current), previous, threshold)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as error:
+        # read_results checked every field used, so this is a bug; say so in one line rather than a traceback
+        print(f"fff compare: --compare: could not compare with {printable(path)}: {error!r}", file=sys.stderr)
+        return False
+    print("\n".join(lines))
+    if regressions:
+        print(f"fff compare: {len(regressions)} FFF rows fell by more than {threshold:.0%}", file=sys.stderr)
+    return not regressions
 
 
 def _case_plan(cases: list[Any], row_caps: dict[str, int]) -> str:
@@ -344,32 +363,38 @@ def _cpu_note() -> str:
 
 
 def print_gpu_results(path: str) -> int:
-    """Print a results file of the GPU benchmark study as a table: 0, or 2 when it cannot be read."""
+    """Print a results file of the GPU benchmark study as a table: 0, or 2 when it cannot be read.
+
+    The file is checked before anything is printed (at most 16 MiB, a JSON object nested at most 32
+    levels, every printed field of the type the study writes), and every text it holds is printed with
+    its control characters escaped, so a file cannot drive the terminal.
+    """
     from fffcore.benchmarks.gpu_report import format_table, grouped_crossover, read_case_results, read_report
+    from fffcore.benchmarks.report import printable
 
     try:
         report = read_report(Path(path))
         results = read_case_results(report)
-    except (OSError, ValueError, TypeError, AttributeError) as error:
-        message = f"fff compare: --gpu-results: cannot read {path} as a GPU benchmark results file: {error}"
-        print(message, file=sys.stderr)
+    except ValueError as error:
+        print(f"fff compare: {error}", file=sys.stderr)
         return 2
     machine = report.get("machine") or {}
     layer = report.get("layer") or {}
-    print(
-        f"GPU benchmark ({report.get('mode', '?')}, {report.get('created', 'date unknown')}): "
+    header = (
+        f"GPU benchmark ({report.get('mode') or '?'}, {report.get('created') or 'date unknown'}): "
         f"{machine.get('gpu') or 'no GPU'}; width {layer.get('width')}, depth {layer.get('depth')}, "
         f"dense hidden {layer.get('dense_hidden')}; medians per call"
     )
-    for step in report.get("steps", []):
-        print(f"  step {step.get('name')}: {step.get('status')}")
+    print(printable(header))
+    for step in report.get("steps") or []:
+        print(printable(f"  step {step.get('name')}: {step.get('status')}"))
     print(format_table(results))
     crossover = grouped_crossover(results)
     if not crossover:
         print("row-grouped kernels: not measured in this file")
     for dtype, batch in crossover.items():
         where = f"from batch {batch}" if batch is not None else "at no measured batch"
-        print(f"row-grouped kernels faster than warp-per-row, {dtype}: {where}")
-    for error in report.get("errors", []):
-        print(f"error: {error}")
+        print(printable(f"row-grouped kernels faster than warp-per-row, {dtype}: {where}"))
+    for error in report.get("errors") or []:
+        print(f"error: {printable(error, keep=chr(10) + chr(9))}")
     return 0

@@ -486,3 +486,112 @@ def test_a_rows_result_is_the_same_bits_whatever_the_batch_around_it(dtype, d_in
     serial = kernels.cmm_rows.run(False, rows, params.w_in, params.b_in, True)[0]
     parallel = kernels.cmm_rows.run(True, rows, params.w_in, params.b_in, True)[0]
     np.testing.assert_array_equal(serial, parallel)
+
+
+# Numba's own environment variables, each read fresh by a new interpreter: `fff backends` lists numba
+# as unavailable with the setting's own fix (never a pip install), the automatic choice for numpy
+# input falls back to another backend, and nothing prints a traceback.
+_UNDER_NUMBA_SETTINGS = """
+import json, sys
+import numpy as np, fffcore
+from fffcore.cli import main
+
+code = main(["backends"])
+params = fffcore.FFFParams.random(6, 5, 3, seed=4)
+x = np.random.default_rng(5).standard_normal((64, 6)).astype(np.float32)
+expected = fffcore.fff(x, params, backend="reference")
+gave = {"code": code}
+for key, backend in (("automatic", None), ("named", "numba")):
+    try:
+        y = fffcore.fff(x, params, backend=backend)
+        gave[key] = "close" if np.allclose(y, expected, rtol=1e-4, atol=1e-4) else "wrong"
+    except Exception as error:
+        gave[key] = f"{type(error).__name__}: {error}"
+print(json.dumps(gave))
+"""
+
+
+def run_under_numba_setting(name: str, value: str) -> tuple[list[str], dict, str]:
+    """``fff backends`` and numpy calls in a new interpreter with numba's ``name`` set to ``value``:
+    the listing's lines, what the calls gave, and stderr."""
+    env = {key: item for key, item in os.environ.items() if not key.startswith("NUMBA_")} | {name: value}
+    done = subprocess.run(
+        [sys.executable, "-c", _UNDER_NUMBA_SETTINGS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=os.path.dirname(__file__),  # not the checkout's root, whose fffcore/ would come first on sys.path
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    return lines[:-1], json.loads(lines[-1]), done.stderr
+
+
+def numba_rows(listing: list[str]) -> dict[str, str]:
+    """The numba entry's status, ``why`` and ``fix``, and the automatic choice for numpy arrays."""
+    start = next(i for i, line in enumerate(listing) if line.startswith("numba "))
+    end = next(i for i in range(start + 1, len(listing)) if not listing[i].startswith(" "))
+    found = {"status": listing[start].split()[1]}
+    for line in listing[start + 1 : end]:
+        key, _, text = line.strip().partition(": ")
+        if key in ("why", "fix"):
+            found[key] = text
+    found["numpy"] = next(line.split()[-1] for line in listing if "numpy arrays, float32 layer" in line)
+    return found
+
+
+def test_numba_disable_jit_lists_numba_unavailable_and_numpy_calls_take_another_backend():
+    listing, calls_gave, _ = run_under_numba_setting("NUMBA_DISABLE_JIT", "1")
+    numba = numba_rows(listing)
+    assert numba["status"] == "unavailable"
+    assert numba["why"] == "NUMBA_DISABLE_JIT=1 turns numba's compiler off"
+    assert numba["fix"] == "unset NUMBA_DISABLE_JIT"
+    assert numba["numpy"] != "numba"
+    assert calls_gave["automatic"] == "close"
+    assert calls_gave["named"].startswith("BackendUnavailableError: backend 'numba' is unavailable: NUMBA_DISABLE_JIT")
+    assert "\n" not in calls_gave["named"]
+
+
+def test_an_unknown_numba_threading_layer_lists_the_valid_values():
+    listing, calls_gave, _ = run_under_numba_setting("NUMBA_THREADING_LAYER", "nosuch")
+    numba = numba_rows(listing)
+    assert numba["status"] == "unavailable"
+    assert numba["why"] == "NUMBA_THREADING_LAYER=nosuch is not a threading layer numba knows"
+    assert numba["fix"] == (
+        "set NUMBA_THREADING_LAYER to one of default, safe, threadsafe, forksafe, tbb, omp, workqueue, "
+        "or unset it (numba then picks one)"
+    )
+    assert numba["numpy"] != "numba"
+    assert calls_gave["automatic"] == "close"
+    assert calls_gave["named"].startswith("BackendUnavailableError: backend 'numba' is unavailable: NUMBA_THREADING")
+    assert "\n" not in calls_gave["named"]
+
+
+def test_a_known_threading_layer_that_does_not_load_fails_the_first_parallel_call_in_one_line():
+    # tbb is a layer numba knows; without the TBB library it cannot load, which numba finds only when it
+    # starts its threads. Where TBB is installed the calls simply run on it.
+    listing, calls_gave, _ = run_under_numba_setting("NUMBA_THREADING_LAYER", "tbb")
+    assert numba_rows(listing)["status"] == "available"
+    for call in ("automatic", "named"):
+        if calls_gave[call] != "close":
+            assert "\n" not in calls_gave[call]
+            assert calls_gave[call].startswith(
+                "BackendUnavailableError: backend 'numba' is unavailable: its threading layer "
+                "(NUMBA_THREADING_LAYER=tbb) does not load here: "
+            )
+            assert calls_gave[call].endswith("or unset NUMBA_THREADING_LAYER so that numba picks one that loads")
+
+
+def test_numba_num_threads_zero_says_to_set_a_positive_number_not_to_reinstall():
+    listing, calls_gave, _ = run_under_numba_setting("NUMBA_NUM_THREADS", "0")
+    numba = numba_rows(listing)
+    assert numba["status"] == "unavailable"
+    assert numba["why"].startswith("NUMBA_NUM_THREADS=0 is not a number of threads")
+    assert numba["fix"] == "set NUMBA_NUM_THREADS to a positive number, or unset it to use every core"
+    assert numba["numpy"] != "numba"
+    assert calls_gave["automatic"] == "close"
+    assert calls_gave["named"].startswith(
+        "BackendUnavailableError: backend 'numba' is unavailable: NUMBA_NUM_THREADS=0"
+    )

@@ -619,3 +619,81 @@ def test_one_thread_dense_layers_really_run_on_one_thread():
         assert torch.get_num_threads() == 1
     finally:
         set_torch(previous)
+
+
+# -- reading results files: bounded, typed, printed safely --------------------------------------------------------
+
+
+def test_the_committed_results_files_pass_the_checks_of_the_files_fff_compare_reads():
+    from fffcore.benchmarks.gpu_report import read_case_results, read_report
+    from fffcore.benchmarks.regression import read_results
+
+    assert read_results(REPO / "benchmarks/results/cpu-epyc-2cores.json")["results"]
+    for path in sorted((REPO / "benchmarks/results").glob("gpu-*.json")):
+        read_case_results(read_report(path))
+
+
+def test_results_files_are_capped_at_16_mib_and_32_levels(tmp_path):
+    from fffcore.benchmarks.report import MAX_FILE_BYTES, MAX_NESTING, read_json_file
+
+    assert MAX_FILE_BYTES == 16 * 1024 * 1024 and MAX_NESTING == 32
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"a": [1, 2]}))
+    assert read_json_file(path, "--x") == {"a": [1, 2]}
+    with pytest.raises(ValueError, match=r"--x: .*r\.json is 13 bytes, over the 10-byte limit on results files"):
+        read_json_file(path, "--x", max_bytes=10)
+    for depth, ok in ((MAX_NESTING, True), (MAX_NESTING + 1, False)):
+        path.write_text("[" * depth + "]" * depth)
+        if ok:
+            read_json_file(path, "--x")
+        else:
+            with pytest.raises(ValueError, match="nested deeper than 32 levels"):
+                read_json_file(path, "--x")
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        read_json_file(path, "--x")
+
+
+def test_printable_escapes_control_characters_and_keeps_what_it_is_told():
+    from fffcore.benchmarks.report import printable
+
+    assert printable("H200 µs ±5% ünïcode") == "H200 µs ±5% ünïcode"
+    assert printable("a\x1b[31mb\x07\r\x7f\x9b\u202e") == "a\\x1b[31mb\\x07\\x0d\\x7f\\x9b\\u202e"
+    assert printable("one\n\ttwo") == "one\\x0a\\x09two"
+    assert printable("one\n\ttwo\x1b", keep="\n\t") == "one\n\ttwo\\x1b"
+    assert printable(3) == "3"
+
+
+def test_gpu_rows_are_checked_field_by_field():
+    from fffcore.benchmarks.gpu_report import read_case_results
+
+    row = {"dtype": "float32", "batch": 1, "fff_dtype": "float32", "fff_seconds": 1, "later_field": [1]}
+    (result,) = read_case_results({"results": [row]})
+    assert result.fff_seconds == 1 and not hasattr(result, "later_field")  # ints are numbers; unknown fields left out
+    assert read_case_results({}) == []
+    for bad, message in (
+        ({**row, "batch": True}, r"results\[0\]\.batch: expected an integer, got a boolean"),
+        ({**row, "grouped_same_bits": "yes"}, r"grouped_same_bits: expected a boolean or null, got a string"),
+        ({**row, "errors": ["ok", 3]}, r"results\[0\]\.errors\[1\]: expected a string, got a number"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            read_case_results({"results": [bad]})
+
+
+def test_write_json_replaces_the_file_whole_and_leaves_nothing_beside_it(tmp_path, monkeypatch):
+    import os
+
+    from fffcore.benchmarks.report import write_json
+
+    target = tmp_path / "run.json"
+    write_json(target, {"run": 1})
+    assert json.loads(target.read_text()) == {"run": 1}
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        write_json(target, {"run": 2})
+    assert json.loads(target.read_text()) == {"run": 1}  # the earlier file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,3 +203,237 @@ def test_without_dask_apply_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a))
     assert main(["apply", "layer", "x.npy", "y.zarr"]) == 2
     assert "fff apply needs distributed, which is not installed: pip install 'fffcore[dask]'" in capsys.readouterr().err
+
+
+def started_output(files: dict[str, Path], out: Path, chunk_rows: int = 1000) -> Any:
+    """An output of fff apply as an interrupted run leaves it: created, no chunk written; returns its plan."""
+    from fffcore import apply
+
+    layer = fffcore.FFFParams.load(files["layer"])
+    source = apply.open_input(files["npy"], layer)
+    return apply.prepare_output(out, source, layer, chunk_rows, resume=False, overwrite=False)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_what_fff_apply_did_not_write_and_any_output_overlapping_the_input(
+    files, tmp_path, no_work, capsys
+):
+    layer, npy = str(files["layer"]), str(files["npy"])
+    unrelated = tmp_path / "photos"
+    (unrelated / "2024").mkdir(parents=True)
+    (unrelated / "a.jpg").write_bytes(b"a")
+    (unrelated / "2024" / "b.jpg").write_bytes(b"b")
+    mixed = tmp_path / "mixed.zarr"
+    started_output(files, mixed)
+    (mixed / "notes.txt").write_text("mine")
+    (tmp_path / "data").mkdir()
+    inside = tmp_path / "data" / "x.npy"
+    inside.write_bytes(files["npy"].read_bytes())
+    (tmp_path / "here").symlink_to(tmp_path)  # a folder's symlink: the output below it is the input itself
+    (tmp_path / "link.zarr").symlink_to(unrelated)
+    before = {path: tree(path) for path in (unrelated, files["zarr"], tmp_path / "data", mixed)}
+    both = ("--overwrite", "--resume")  # an output that overlaps the input is refused either way
+    cases = [
+        ([layer, npy, str(unrelated)], ("--overwrite",), "not an output of fff apply .*--overwrite replaces only"),
+        ([layer, npy, str(mixed)], ("--overwrite",), r"also holds 1 other entry \(notes.txt\); move them away"),
+        ([layer, str(files["zarr"]), str(files["zarr"])], both, "is the input itself; write the output to a path"),
+        ([layer, str(files["zarr"]), str(tmp_path / "here" / "x.zarr")], both, "is the input itself"),
+        ([layer, str(files["zarr"]), str(files["zarr"] / "y.zarr")], both, "lies inside the input"),
+        ([layer, str(inside), str(tmp_path / "data")], both, "contains the input"),
+        ([layer, npy, str(tmp_path / "link.zarr")], both, "is a symbolic link"),
+    ]
+    for arguments, flags, message in cases:
+        for flag in flags:
+            assert main(["apply", *arguments, flag]) == 2, (arguments, flag)
+            error = capsys.readouterr().err
+            assert re.search(message, error) and len(error.strip().splitlines()) == 1, (arguments, flag, error)
+    assert {path: tree(path) for path in before} == before  # nothing deleted, nothing written
+
+
+def test_overwrite_replaces_an_output_of_fff_apply(files, tmp_path, dask_client, capsys):
+    out = tmp_path / "y.zarr"
+    started_output(files, out, chunk_rows=300)
+    arguments = [str(files["layer"]), str(files["npy"]), str(out), "--scheduler", dask_client.scheduler.address]
+    assert main(["apply", *arguments, "--backend", "reference", "--quiet", "--overwrite"]) == 0, capsys.readouterr()
+    written = zarr.open_array(str(out), mode="r")
+    assert written.chunks[0] == 5000 and written.attrs["fffcore"]["complete"] is True
+    np.testing.assert_array_equal(written[:], expected_output(files, "reference"))
+
+
+def test_resume_refuses_another_input_and_damaged_attributes(files, tmp_path, no_work, capsys):
+    out = tmp_path / "y.zarr"
+    started_output(files, out)
+    layer, npy = str(files["layer"]), str(files["npy"])
+    original = np.load(npy)
+    other = original.copy()
+    other[2500, 7] += 1  # one value of one row: caught by the time of change, even where no sampled row holds it
+    np.save(tmp_path / "other.npy", other)
+    assert main(["apply", layer, str(tmp_path / "other.npy"), str(out), "--resume"]) == 2
+    assert re.search(
+        r"computed from another input than .*other.npy .*start afresh with --overwrite", capsys.readouterr().err
+    )
+    np.save(npy, original[::-1].copy())  # the same path, shape and dtype, other values
+    assert main(["apply", layer, npy, str(out), "--resume"]) == 2
+    assert "the values of sampled rows" in capsys.readouterr().err
+    np.save(npy, original)
+    os.utime(npy, ns=(0, zarr.open_array(str(out), mode="r").attrs["fffcore"]["input"]["fingerprint"]["mtime_ns"]))
+    from fffcore import apply
+
+    params = fffcore.FFFParams.load(layer)
+    plan = apply.prepare_output(out, apply.open_input(npy, params), params, None, resume=True, overwrite=False)
+    assert plan.missing == tuple(range(5))  # the input as it was: resumed
+
+    good = dict(zarr.open_array(str(out), mode="r").attrs["fffcore"])
+    damages = {
+        "chunk_rows": lambda record: record.pop("chunk_rows"),
+        "input": lambda record: record.pop("input"),
+        "input.fingerprint": lambda record: record.__setitem__("input", {**record["input"], "fingerprint": None}),
+        "layer": lambda record: record.__setitem__("layer", 5),
+    }
+    for key, damage in {**damages, "do not match": lambda record: record.__setitem__("chunk_rows", 1)}.items():
+        record = {**good, "input": dict(good["input"])}
+        damage(record)
+        zarr.open_array(str(out), mode="r+").attrs["fffcore"] = record
+        assert main(["apply", layer, npy, str(out), "--resume"]) == 2, key
+        error = capsys.readouterr().err
+        assert "fffcore attributes are missing or damaged" in error and key in error, (key, error)
+        assert "start afresh with --overwrite" in error
+    assert not (out / "c").exists()  # nothing computed, nothing marked
+
+
+def test_an_output_is_marked_complete_only_with_every_chunk_written(files, tmp_path):
+    from fffcore import apply
+
+    plan = started_output(files, tmp_path / "y.zarr")
+    with pytest.raises(apply.ApplyError, match="5 of 5 chunks are missing"):
+        apply.mark_complete(plan)
+    assert zarr.open_array(plan.output, mode="r").attrs["fffcore"]["complete"] is False
+
+
+def test_the_local_cluster_listens_on_the_loopback_address_only_without_a_dashboard():
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    from fffcore.apply import local_client
+
+    for dashboard in (False, True):
+        client = (
+            local_client(1, 1, dashboard=True) if dashboard else local_client(1, 1)
+        )  # the dashboard is off by default
+        try:
+            processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+            listening = [
+                c.laddr for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+            ]
+            assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+            try:
+                status = urllib.request.urlopen(client.dashboard_link, timeout=10).status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            assert status == (200 if dashboard else 404), (dashboard, status)
+        finally:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+
+
+def test_unreadable_files_and_unusable_outputs_get_a_one_line_error(files, tmp_path, no_work, capsys):
+    layer, npy = str(files["layer"]), str(files["npy"])
+    np.savez(tmp_path / "archive.npz", x=np.load(npy))
+    (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    (tmp_path / "a-file.zarr").write_text("")
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "nowhere.zarr")
+    prefix = ["--prefix", "encoder.layers.3.ffn.", "--depth", "6"]
+    cases = [
+        ([layer, str(tmp_path / "archive.npy"), "o.zarr"], "a .npz archive named .npy.*save the array itself"),
+        ([str(tmp_path / "broken.safetensors"), npy, "o.zarr", *prefix], "not a readable checkpoint \\(Safetensor"),
+        ([layer, npy, str(tmp_path / "a-file.zarr")], "is a file, not a Zarr array"),
+        ([layer, npy, str(tmp_path / "a-file.zarr"), "--overwrite"], "is a file, not a Zarr array"),
+        ([layer, npy, str(tmp_path / "link.zarr")], "is a symbolic link \\(to .*nowhere.zarr\\)"),
+        ([layer, npy, "/proc/y.zarr"], "lies on /proc, a virtual file system"),
+        ([layer, npy, "o.zarr", "--dashboard", "--scheduler", "tcp://127.0.0.1:1"], "--dashboard: only for the local"),
+    ]
+    with contextlib.suppress(ImportError):
+        import torch
+
+        marker = tmp_path / "code-ran"
+        (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(2000))
+        torch.save({"w": Runs(str(marker))}, tmp_path / "unsafe.pt")
+        cases += [
+            ([str(tmp_path / "random.pt"), npy, "o.zarr", *prefix], "not a readable checkpoint .*no code in it runs"),
+            ([str(tmp_path / "unsafe.pt"), npy, "o.zarr", *prefix], "not a readable checkpoint \\(UnpicklingError"),
+        ]
+    for arguments, message in cases:
+        assert main(["apply", *arguments]) == 2, arguments
+        error = capsys.readouterr().err
+        assert re.search(message, error) and len(error.strip().splitlines()) == 1, (arguments, error)
+    assert not (tmp_path / "code-ran").exists()  # weights_only: the unsafe checkpoint's code never ran
+    assert not Path("o.zarr").exists() and not (tmp_path / "nowhere.zarr").exists()
+
+
+class Runs:
+    """An object whose unpickling creates a folder: what a malicious checkpoint would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
+def test_ctrl_c_prints_one_line_with_the_command_that_resumes_and_exits_130(files, tmp_path):
+    out = tmp_path / "y.zarr"
+    marker = tmp_path / "blocked"
+    environment = plugin_environment(tmp_path / "plugin", watched=out / "c", after_files=8, marker=marker)
+    arguments = [str(files["layer"]), str(files["npy"]), "y.zarr", "--chunk-rows", "125", "--workers", "1"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fffcore.cli", "apply", *arguments, "--backend", "blocking", "--quiet"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marker.exists(), run.communicate(timeout=30)
+        os.killpg(run.pid, signal.SIGINT)  # as a Ctrl-C at a terminal: the command and its cluster's processes
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("fff apply: 5000 rows in 40 chunks"), stderr
+    found = re.fullmatch(
+        r"fff apply: interrupted; (\d+) of 40 chunks are written and kept; to continue: (.*)", lines[1]
+    )
+    assert found is not None, stderr
+    assert int(found.group(1)) == len(chunk_files(out)) >= 8
+    command = shlex.split(found.group(2))
+    assert command[:2] == ["fff", "apply"] and command[-1] == "--resume", command
+    # The printed command, run as printed (the blocking backend now blocks nowhere), finishes the output.
+    environment = plugin_environment(tmp_path / "plugin-2", watched=out / "c", after_files=10**6, marker=marker)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fffcore.cli", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(
+        rf"\({40 - int(found.group(1))} chunks computed, {found.group(1)} written before\)", resumed.stdout
+    )
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], expected_output(files, "reference"))
