@@ -27,7 +27,7 @@ PACKAGE_ROOTS = {
 #: Packages under a root that live in the repository only: the benchmark studies, run from a checkout
 #: with ``python -m benchmarks.studies.NAME`` (the pytest-benchmark suite in benchmarks/test_suite/ and
 #: the results are not packages at all).
-REPOSITORY_ONLY = ("studies", "studies.*")
+REPOSITORY_ONLY = {"fffcore.benchmarks": ("studies", "studies.*")}
 
 
 def discovered_packages() -> list[str]:
@@ -35,7 +35,10 @@ def discovered_packages() -> list[str]:
     return [
         name
         for root, folder in PACKAGE_ROOTS.items()
-        for name in (root, *(f"{root}.{found}" for found in find_packages(HERE / folder, exclude=REPOSITORY_ONLY)))
+        for name in (
+            root,
+            *(f"{root}.{found}" for found in find_packages(HERE / folder, exclude=REPOSITORY_ONLY.get(root, ()))),
+        )
     ]
 
 

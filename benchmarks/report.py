@@ -14,6 +14,7 @@ from typing import Any
 from fffcore.benchmarks.cases import Shape
 from fffcore.benchmarks.comparison import OK, WRONG, Result, shapes_of, speedups, suspect_ratios
 from fffcore.benchmarks.roofline import probe_size
+from fffcore.files import write_atomically
 
 JSON_FORMAT = "fffcore-compare/1"
 #: The largest results file ``fff compare`` reads (``--compare``, ``--gpu-results``): 16 MiB. Its own
@@ -225,13 +226,7 @@ def write_json(path: str | Path, record: dict[str, Any]) -> None:
     full disk or an interruption never leaves a truncated file (or an earlier run's file half replaced)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2) + "\n"
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(target, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
 
 
 def read_json_file(path: str | Path, option: str, max_bytes: int | None = None) -> Any:

@@ -70,15 +70,13 @@ def inspect_array(x: Any, name: str = "x") -> tuple[Any, str, str]:
     numpy masked arrays (their mask would be ignored), sparse torch tensors and meta tensors
     (no values), and what numpy cannot turn into an array.
     """
-    cls = type(x)
-    kind = _ARRAY_TYPE_BY_CLASS.get(cls) or array_type(x)
+    kind = array_type(x)
     if kind == "numpy":
         return x, kind, "cpu"
     if kind == "torch":
-        # Checked inline: a dense tensor with values is the common case, worth no extra call.
-        if x.layout is not sys.modules["torch"].strided or x.is_meta:
+        if x.layout is not sys.modules["torch"].strided or x.is_meta:  # the common case asks no more
             require_dense_tensor(x, name)
-        return x, kind, "cpu" if x.is_cpu else ("cuda" if x.is_cuda else str(x.device.type))
+        return x, kind, array_device(x, kind)
     if kind == "cupy":
         return x, kind, "cuda"
     if kind == "numpy.ma":

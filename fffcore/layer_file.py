@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fffcore.files import write_atomically
 from fffcore.spec import ACTIVATIONS
 
 if TYPE_CHECKING:
@@ -56,7 +56,10 @@ def write_layer(params: FFFParams, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"{target}: is a folder; give the path of the layer file to write")
-    _write_atomically(target, _layer_bytes(params))
+    try:
+        write_atomically(target, _layer_bytes(params))
+    except IsADirectoryError as error:  # a folder made there since the check
+        raise ValueError(f"{target}: is a folder; give the path of the layer file to write") from error
 
 
 def _layer_bytes(params: FFFParams) -> bytes:
@@ -77,34 +80,6 @@ def _layer_bytes(params: FFFParams) -> bytes:
     import safetensors.numpy
 
     return safetensors.numpy.save({name: np.ascontiguousarray(a) for name, a in arrays.items()}, metadata=metadata)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``target``, then rename it over ``target``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        # hidden, unpredictable, and short enough for the file system's name limit
-        temporary = target.with_name(f".{target.name[:200]}.{secrets.token_hex(8)}.partial")
-        try:
-            descriptor = os.open(temporary, flags, 0o666)  # O_EXCL: fails on anything there, links included
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"{target}: cannot create a temporary file beside it")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.replace(temporary, target)  # replaces a link at target itself, never what it points to
-        except IsADirectoryError as error:  # a folder made there since the check
-            raise ValueError(f"{target}: is a folder; give the path of the layer file to write") from error
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def read_layer(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:

@@ -128,7 +128,7 @@ def plan_for(
     ``name`` is the call's ``backend=`` argument; ``backward`` asks for a backend that computes
     :func:`fffcore.fff_backward`.
     """
-    if type(params) is not FFFParams and not isinstance(params, FFFParams):
+    if not isinstance(params, FFFParams):
         raise TypeError(f"params: expected FFFParams, got {type(params).__name__}")
     versions = params.versions
     if versions is not None:  # torch parameters: refuse ones written since construction
@@ -146,12 +146,7 @@ def plan_for(
     if not floating:
         _check_input_dtype(dtype)
     requested = name
-    if name is None:
-        name = _context_backend.get()
-        if name is None:
-            name = _environment_backend()
-    elif type(name) is not str:
-        raise TypeError(f"backend: expected a backend name (str) or None, got {type(name).__name__}")
+    name = requested_backend(name)
     current = registry_module.loaded or registry()
     key = (name, kind, device, backward, current.generation)
     plans = _plans.get(id(params))
@@ -347,8 +342,6 @@ def _raw_environment_backend() -> str | None:
 
 def _environment_backend() -> str | None:
     """The backend ``FFFCORE_BACKEND`` names, stripped of surrounding blanks; None when unset or blank."""
-    if _ENVIRON_DATA is not None and _ENCODED_VARIABLE is not None and _ENCODED_VARIABLE not in _ENVIRON_DATA:
-        return None  # the common case, at the cost of one dict lookup
     value = _raw_environment_backend()
     return None if value is None else (value.strip() or None)
 

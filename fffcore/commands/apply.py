@@ -181,6 +181,7 @@ def _layer(arguments: argparse.Namespace) -> Any:
             return FFFParams.load(path)
         except ValueError as error:
             raise ApplyError(f"layer {error}") from None
+    from fffcore.registry import one_line
     from fffcore.ultrafastbert import load_state_dict, params_from_state_dict
 
     try:
@@ -188,9 +189,8 @@ def _layer(arguments: argparse.Namespace) -> Any:
     except ImportError as error:
         raise ApplyError(f"layer {path}: {error}") from None
     except Exception as error:  # torch, pickle and safetensors raise many kinds for a file that is not theirs
-        first_line = (str(error).strip().splitlines() or [""])[0]
         raise ApplyError(
-            f"layer {path}: not a readable checkpoint ({type(error).__name__}: {first_line}); --prefix reads a "
+            f"layer {path}: not a readable checkpoint ({one_line(error)}); --prefix reads a "
             ".safetensors file or a torch.save state dict of tensors (read with weights_only: no code in it runs)"
         ) from None
     try:
