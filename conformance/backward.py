@@ -1,167 +1,131 @@
-"""The backward pass against the float64 oracle along the backend's own paths, with derived tolerances.
+"""Calling a backend's backward pass and checking its gradients against :mod:`.gradient_oracle`.
 
 For a backend that declares ``backward``: ``fffcore.cmm`` gives its paths, ``fffcore.fff_backward`` its
 gradients, and the oracle evaluates the gradients of :mod:`fffcore.backward` in float64 along those
 same paths (so a row within the rounding band of a tie is judged on the branch the backend took, as
-the forward pass is). Each gradient element is a sum of products of storage values and of
-intermediates that carry error; its tolerance adds, term by term (``u_s``, ``u_a``, ``gamma`` as in
-:mod:`.tolerances`):
-
-* the logit's error ``dz_err = logit_tolerance`` (the forward pass's, same derivation);
-* the activation's value and slope at a logit off by that much: ``Lip(act) * dz_err + u_s |act|`` and
-  ``Lip(act') * dz_err + u_s |act'|`` (``Lip(act')``: 0.8 for gelu and gelu_tanh, whose second
-  derivatives peak at 2 phi(0) = 0.798 and 0.80, 0.5 for silu, 0 for identity; relu's slope jumps
-  at 0, so a logit within its tolerance of 0 may take slope 0 or 1);
-* ``h = g . w_out[k, n]``: ``gamma(d_out + 1, u_a) * sum |g w_out|``;
-* ``dz = h act'``: ``|act'| h_err + |h| slope_err + h_err slope_err + u_s |h act'|``;
-* each gradient, a sum over n terms ``t_i`` with errors ``e_i``: ``sum e_i + gamma(n + 1, u_a) *
-  sum (|t_i| + e_i)``, then the rounding to storage, ``u_s (|value| + that)``, the float64 oracle's own
-  ``gamma(n + 1, u64) * sum |t_i|``, and an absolute ``(n + 3) * tiny`` where anything is nonzero.
-
-With integer-valued data and relu or identity every quantity is an integer, so a gradient whose
-terms' magnitudes add up to less than ``1/u_a`` must be exact, after its one rounding to storage.
-NaN and infinities are compared by class, as in the forward checks.
+the forward pass is), with the tolerances and IEEE classes derived in :mod:`.gradient_oracle`.
+Every call's results are also checked for their array type, shape, dtype (the parameters') and device
+(``x``'s).
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fffcore.arrays import array_type
 from fffcore.conformance import checks, tolerances
-from fffcore.conformance.adapters import adapter_for, round_to_dtype
+from fffcore.conformance.adapters import ADAPTERS, adapter_for, round_to_dtype, with_layout
 from fffcore.conformance.cases import Built, Case
 from fffcore.conformance.checks import PropertyFailure
+from fffcore.conformance.gradient_oracle import NAMES, oracle_gradients
 from fffcore.conformance.target import Target
-from fffcore.reference.activations import activate, derivative
-from fffcore.reference.oracle import evaluate_path
-
-#: Lipschitz constants of the activations' derivatives (bounds on |act''|; relu's is handled apart).
-SLOPE_LIPSCHITZ = {"gelu": 0.8, "gelu_tanh": 0.81, "silu": 0.5, "relu": 0.0, "identity": 0.0}
-NAMES = ("x", "w_in", "b_in", "w_out")
 
 
 @dataclass(frozen=True)
-class Gradients:
-    """Float64 gradients along given paths and their tolerances: name -> (values, tolerance)."""
+class Upstream:
+    """A case's ``grad_y``: as the backend receives it, and as float64 rows rounded to the layer's dtype."""
 
-    values: dict[str, np.ndarray]
-    tolerance: dict[str, np.ndarray]
-    #: Sum of the magnitudes of each element's terms: integer sums below 1/u_a are exact.
-    scale: dict[str, np.ndarray]
+    native: Any
+    rows: np.ndarray  # (B, d_out)
 
 
-def upstream_gradient(case: Case, rows: int, d_out: int, dtype: str, *, integer: bool) -> np.ndarray:
-    """The ``grad_y`` of a case: drawn from a seed derived from the case, rounded to ``dtype``."""
-    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
-    values = rng.integers(-3, 4, (rows, d_out)).astype(np.float64) if integer else rng.standard_normal((rows, d_out))
-    return round_to_dtype(values, dtype)
+def upstream_of(built: Built) -> Upstream:
+    """The case's ``grad_y`` (:meth:`~fffcore.conformance.cases.InputSpec.upstream_values`), in the
+    input's array type, dtype, device and layout."""
+    case = built.case
+    adapter = ADAPTERS[case.array_type]
+    values = case.input.upstream_values(case.layer)
+    native = with_layout(adapter, values, case.input.dtype, case.device, case.input.layout)
+    seen = adapter.to_numpy(native).astype(np.float64)  # exactly what the backend receives
+    return Upstream(native, round_to_dtype(seen, case.layer.dtype).reshape(-1, case.layer.d_out))
 
 
-def oracle_gradients(built: Built, nodes: np.ndarray, g64: np.ndarray, accumulation: str | None) -> Gradients:
-    """The gradients in float64 along ``nodes`` (B, K, L) for upstream ``g64`` (B, d_out), with tolerances."""
-    params = built.oracle_params
-    dtype = built.case.layer.dtype
-    name = params.activation
-    u_s = tolerances.UNIT_ROUNDOFF[dtype]
-    u_a = tolerances.accumulation_roundoff(dtype, accumulation)
-    tiny = tolerances.SMALLEST_NORMAL[dtype]
-    x = built.oracle_x
-    _, trees, levels = nodes.shape
-    d_in, d_out = params.d_in, params.d_out
-    tree = np.arange(trees)[None, :, None]
-    evaluation = evaluate_path(x, params, nodes)
-    with np.errstate(all="ignore"):
-        z = evaluation.logits
-        z_err = tolerances.logit_tolerance(dtype, d_in, evaluation.logit_scale, accumulation=accumulation)
-        act, slope = activate(name, z), derivative(name, z)
-        act_err = tolerances.ACTIVATION_LIPSCHITZ[name] * z_err + u_s * np.abs(act)
-        slope_err = SLOPE_LIPSCHITZ[name] * z_err + u_s * np.abs(slope)
-        if name == "relu":
-            slope_err = np.where(np.abs(z) <= z_err, 1.0, slope_err)
-        w_in_rows, w_out_rows = params.w_in[tree, nodes], params.w_out[tree, nodes]  # (B, K, L, d)
-        h = np.einsum("bo,bklo->bkl", g64, w_out_rows)
-        h_scale = np.einsum("bo,bklo->bkl", np.abs(g64), np.abs(w_out_rows))
-        h_err = tolerances.gamma(d_out + 1, u_a) * h_scale + np.where(h_scale > 0, (d_out + 3) * tiny, 0.0)
-        dz = h * slope
-        dz_err = np.abs(slope) * h_err + np.abs(h) * slope_err + h_err * slope_err + u_s * np.abs(dz)
-
-        def summed(terms: int, value: np.ndarray, scale: np.ndarray, propagated: np.ndarray) -> np.ndarray:
-            before = propagated + tolerances.gamma(terms + 1, u_a) * (scale + propagated)
-            oracle = tolerances.gamma(terms + 1, tolerances.U64) * scale
-            return before + u_s * (np.abs(value) + before) + oracle + np.where(scale > 0, (terms + 3) * tiny, 0.0)
-
-        grad_x = np.einsum("bkl,bkli->bi", dz, w_in_rows)
-        x_scale = np.einsum("bkl,bkli->bi", np.abs(dz), np.abs(w_in_rows))
-        grad_x_tol = summed(trees * levels, grad_x, x_scale, np.einsum("bkl,bkli->bi", dz_err, np.abs(w_in_rows)))
-        flat = (nodes + tree * params.n_nodes).reshape(-1)
-        size = trees * params.n_nodes
-        visits = np.bincount(flat, minlength=size).reshape(trees, params.n_nodes)
-        per_visit_terms = int(max(1, visits.max()))
-
-        def by_node(values: np.ndarray) -> np.ndarray:  # (B, K, L, d) summed into (K, N, d)
-            out = np.zeros((size, values.shape[-1]))
-            np.add.at(out, flat, values.reshape(-1, values.shape[-1]))
-            return out.reshape(trees, params.n_nodes, -1)
-
-        xs, gs = x[:, None, None, :], g64[:, None, None, :]
-        grad_w_in = by_node(dz[..., None] * xs)
-        w_in_scale = by_node(np.abs(dz)[..., None] * np.abs(xs))
-        grad_w_in_tol = summed(per_visit_terms, grad_w_in, w_in_scale, by_node(dz_err[..., None] * np.abs(xs)))
-        grad_b = by_node(dz[..., None])[..., 0]
-        b_scale = by_node(np.abs(dz)[..., None])[..., 0]
-        grad_b_tol = summed(per_visit_terms, grad_b, b_scale, by_node(dz_err[..., None])[..., 0])
-        grad_w_out = by_node(act[..., None] * gs)
-        w_out_scale = by_node(np.abs(act)[..., None] * np.abs(gs))
-        grad_w_out_tol = summed(per_visit_terms, grad_w_out, w_out_scale, by_node(act_err[..., None] * np.abs(gs)))
-    values = {"x": grad_x, "w_in": grad_w_in, "b_in": grad_b, "w_out": grad_w_out}
-    tolerance = {"x": grad_x_tol, "w_in": grad_w_in_tol, "b_in": grad_b_tol, "w_out": grad_w_out_tol}
-    scale = {"x": x_scale, "w_in": w_in_scale, "b_in": b_scale, "w_out": w_out_scale}
-    return Gradients(values, tolerance, scale)
-
-
-def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
-    """Run ``cmm`` and ``fff_backward`` on the case and compare every gradient with the oracle's."""
-    from fffcore.api import cmm
+def call_backward(target: Target, built: Built, grad_y: Any) -> dict[str, np.ndarray | None]:
+    """``fffcore.fff_backward`` on the case, its results checked for array type, shape, dtype and device,
+    and returned as numpy (``x``'s gradient with x's shape; None for ``b_in`` of a layer without bias)."""
     from fffcore.backward import fff_backward
 
-    built = case.build()
-    layer = case.layer
-    adapter = adapter_for(case.array_type)
-    x = built.x
-    leading = tuple(int(s) for s in x.shape[:-1])
-    rows = built.rows
-    g = upstream_gradient(case, rows, layer.d_out, layer.dtype, integer=exact)
-    g_native = adapter.from_numpy(g.reshape((*leading, layer.d_out)), layer.dtype, adapter.device_of(x))
+    case, layer = built.case, built.case.layer
     with np.errstate(all="ignore"):
         try:
-            nodes = adapter.to_numpy(cmm(x, built.params, backend=target.backend).nodes)
-            result = fff_backward(x, built.params, g_native, backend=target.backend)
+            result = fff_backward(built.x, built.params, grad_y, backend=target.backend)
         except Exception as error:
             raise PropertyFailure(f"fff_backward raised {type(error).__name__}: {error}") from error
-    nodes = nodes.reshape(rows, layer.trees, layer.depth + 1)
-    checks.check_path_structure(nodes, layer.depth, leading)
-    accumulation = target.accumulation(layer.dtype)
-    oracle = oracle_gradients(built, nodes, g, accumulation)
+    adapter = ADAPTERS[case.array_type]
+    device = adapter.device_of(built.x)
+    shapes = {
+        "x": tuple(int(s) for s in built.x.shape),
+        "w_in": (layer.trees, built.params.n_nodes, layer.d_in),
+        "b_in": (layer.trees, built.params.n_nodes),
+        "w_out": (layer.trees, built.params.n_nodes, layer.d_out),
+    }
+    arrays: dict[str, np.ndarray | None] = {}
     for name in NAMES:
         got = getattr(result, name)
         if name == "b_in" and not layer.bias:
             if got is not None:
                 raise PropertyFailure("grad b_in: expected None for a layer without bias")
+            arrays[name] = None
             continue
         if got is None:
             raise PropertyFailure(f"grad {name}: None, expected an array")
-        if array_type(got) != case.array_type:
-            raise PropertyFailure(f"grad {name}: a {type(got).__name__}, expected a {case.array_type} array like x")
-        actual = adapter.to_numpy(got).astype(np.float64)
+        kind = array_type(got)
+        if kind != case.array_type or adapter_for(kind) is None:
+            raise PropertyFailure(
+                f"grad {name}: a {type(got).__module__}.{type(got).__name__}, expected a {case.array_type} array like x"
+            )
+        if tuple(got.shape) != shapes[name]:
+            raise PropertyFailure(f"grad {name}: shape {tuple(got.shape)}, expected {shapes[name]}")
+        if adapter.dtype_of(got) != layer.dtype:
+            raise PropertyFailure(
+                f"grad {name}: dtype {adapter.dtype_of(got)}, expected {layer.dtype} like the parameters"
+            )
+        if adapter.device_of(got) != device:
+            raise PropertyFailure(f"grad {name}: on {adapter.device_of(got)}, expected {device} like x")
+        arrays[name] = adapter.to_numpy(got)
+    return arrays
+
+
+def backend_paths(target: Target, built: Built) -> np.ndarray:
+    """The backend's own paths, (B, K, L) int64, from ``fffcore.cmm``; checked for their structure."""
+    from fffcore.api import cmm
+
+    layer = built.case.layer
+    with np.errstate(all="ignore"):
+        try:
+            nodes = adapter_for(built.case.array_type).to_numpy(
+                cmm(built.x, built.params, backend=target.backend).nodes
+            )
+        except Exception as error:
+            raise PropertyFailure(f"cmm raised {type(error).__name__}: {error}") from error
+    nodes = nodes.reshape(built.rows, layer.trees, layer.depth + 1)
+    checks.check_path_structure(nodes, layer.depth, tuple(int(s) for s in built.x.shape[:-1]))
+    return nodes
+
+
+def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
+    """Run ``cmm`` and ``fff_backward`` on the case and compare every gradient with the oracle's.
+
+    ``exact``: integer-valued data and upstream gradients with relu or identity, where every gradient
+    whose terms' magnitudes add up to less than ``1/u_a`` is exact (after its one rounding to storage).
+    """
+    built = case.build()
+    layer = case.layer
+    upstream = upstream_of(built)
+    nodes = backend_paths(target, built)
+    got = call_backward(target, built, upstream.native)
+    accumulation = target.accumulation(layer.dtype)
+    oracle = oracle_gradients(built, nodes, upstream.rows, accumulation)
+    leading = tuple(int(s) for s in built.x.shape[:-1])
+    for name in NAMES:
+        actual = got[name]
+        if actual is None:
+            continue
         expected = oracle.values[name]
-        shape = (*leading, layer.d_in) if name == "x" else expected.shape
-        if actual.shape != tuple(shape):
-            raise PropertyFailure(f"grad {name}: shape {actual.shape}, expected {tuple(shape)}")
-        actual = actual.reshape(expected.shape)
+        actual = actual.astype(np.float64).reshape(expected.shape)
         tolerance = oracle.tolerance[name]
         if exact:
             # Integer sums whose terms' magnitudes add up to less than 1/u_a are exact in the accumulation
@@ -169,13 +133,29 @@ def check_gradients(target: Target, case: Case, *, exact: bool = False) -> None:
             exact_here = oracle.scale[name] < 1.0 / tolerances.accumulation_roundoff(layer.dtype, accumulation)
             expected = np.where(exact_here, round_to_dtype(expected, layer.dtype), expected)
             tolerance = np.where(exact_here, 0.0, tolerance)
-        unverifiable = tolerances.may_overflow(layer.dtype, np.abs(expected) + tolerance, 2 * layer.d_in + 4)
-        bad = checks.mismatches(actual, expected, tolerance, unverifiable)
+        unknown = oracle.unknown[name]
+        bad = checks.mismatches(actual, expected, tolerance, unknown) & ~unknown
         if np.any(bad):
             index = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = f"{name}{list(index)}"
+            if name == "x":
+                where = f"x, {checks.where(index[0], leading)}, column {index[1]}"
             raise PropertyFailure(
-                f"grad {name}{list(index)}: {checks.num(actual[index])}, expected {checks.num(expected[index])} "
+                f"grad {where}: {checks.num(actual[index])}, expected {checks.num(expected[index])} "
                 f"+- {tolerance[index]:.3g} (float64 along the backend's own path"
                 + (", exact: integer data" if exact else "")
+                + (f"; grad_y holds {_describe_upstream(upstream.rows)}" if case.input.upstream == "specials" else "")
                 + ")"
             )
+
+
+def _describe_upstream(rows: np.ndarray) -> str:
+    """What special values ``grad_y`` holds, for a failure message."""
+    with np.errstate(invalid="ignore"):
+        counts = {
+            "NaN": int(np.isnan(rows).sum()),
+            "+inf": int((rows == np.inf).sum()),
+            "-inf": int((rows == -np.inf).sum()),
+            "zeros": int((rows == 0).sum()),
+        }
+    return ", ".join(f"{count} {what}" for what, count in counts.items() if count) or "no special values"

@@ -25,8 +25,15 @@ WEIGHT_STYLES: tuple[str, ...] = ("init", "integer")
 #: How the input values are drawn.
 VALUE_STYLES: tuple[str, ...] = ("normal", "integers", "zeros", "magnitudes", "subnormals", "specials")
 
-#: Largest |value| of integer-valued weights and inputs.
+#: How the upstream gradients ``grad_y`` of the gradient properties are drawn.
+UPSTREAM_STYLES: tuple[str, ...] = ("normal", "integers", "specials")
+
+#: Largest |value| of integer-valued weights and inputs, and of integer-valued upstream gradients.
 INTEGER_BOUND = 2
+UPSTREAM_INTEGER_BOUND = 3
+
+#: Share of the entries of a "specials" grad_y row that take its special value.
+UPSTREAM_SPECIAL_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class InputSpec:
     seed: int = 0
     exponent: int = 0
     force_ties: bool = False
+    upstream: str = "normal"
 
     def input_values(self, layer: LayerSpec) -> np.ndarray:
         """float64 values of shape ``leading + (d_in,)`` (before rounding to the input dtype)."""
@@ -88,9 +96,7 @@ class InputSpec:
         values = rng.standard_normal(shape)
         if self.values == "subnormals":
             # whole multiples of the smallest subnormal of the input dtype, mixed with normal values
-            smallest = (
-                float(np.finfo(np.dtype(self.dtype)).smallest_subnormal) if self.dtype != "bfloat16" else 2.0**-133
-            )
+            smallest = _smallest_subnormal(self.dtype)
             tiny = rng.integers(-64, 65, shape) * smallest
             values = np.where(rng.random(shape) < 0.7, tiny, values)
         elif self.values == "specials":
@@ -100,6 +106,52 @@ class InputSpec:
                 chosen.reshape(-1, layer.d_in)[0, rng.integers(layer.d_in)] = True
             values = np.where(chosen, specials, values)
         return values
+
+    def upstream_values(self, layer: LayerSpec) -> np.ndarray:
+        """float64 ``grad_y`` of shape ``leading + (d_out,)``, before rounding to the input dtype.
+
+        ``upstream``: "normal"; "integers" in [-3, 3]; or "specials", where each row takes one kind of
+        value in about a third of its entries: NaN; +-inf; +-the largest finite value of the layer's
+        dtype (and of the input's); subnormals of the layer's dtype with signed zeros; or the whole row
+        signed zeros; or none. The first row always holds a NaN and, when d_out > 1, an infinity.
+        """
+        rng = np.random.default_rng([self.seed, 1])
+        shape = (*self.leading, layer.d_out)
+        if self.upstream == "integers":
+            return rng.integers(-UPSTREAM_INTEGER_BOUND, UPSTREAM_INTEGER_BOUND + 1, shape).astype(np.float64)
+        values = rng.standard_normal(shape)
+        if self.upstream != "specials" or values.size == 0:
+            return values
+        rows = values.reshape(-1, layer.d_out)
+        kinds = rng.integers(0, 6, rows.shape[0])
+        kinds[0] = 0  # a NaN, and an infinity where there is room, even in a shrunk one-row case
+        chosen = rng.random(rows.shape) < UPSTREAM_SPECIAL_SHARE
+        first, second = rng.permutation(layer.d_out)[:2] if layer.d_out > 1 else (0, None)
+        chosen[0, first] = True
+        signs = rng.choice([-1.0, 1.0], rows.shape)
+        largest = min(_largest_finite(layer.dtype), _largest_finite(self.dtype))
+        smallest = _smallest_subnormal(layer.dtype)
+        by_kind = (
+            np.full(rows.shape, np.nan),
+            signs * np.inf,
+            signs * largest,
+            rng.integers(-64, 65, rows.shape) * smallest * np.where(signs > 0, 1.0, -1.0),
+            signs * 0.0,
+        )
+        for kind, special in enumerate(by_kind):
+            take = (kinds == kind)[:, None] & (chosen if kind < 4 else True)
+            rows = np.where(take, special, rows)
+        if second is not None:
+            rows[0, second] = signs[0, second] * np.inf
+        return rows.reshape(shape)
+
+
+def _largest_finite(dtype: str) -> float:
+    return float(np.float32(3.3895313892515355e38)) if dtype == "bfloat16" else float(np.finfo(np.dtype(dtype)).max)
+
+
+def _smallest_subnormal(dtype: str) -> float:
+    return 2.0**-133 if dtype == "bfloat16" else float(np.finfo(np.dtype(dtype)).smallest_subnormal)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,10 @@ def input_unchanged(target: Target, case: Case) -> None:
     built = case.build()
     before = _snapshot(built)
     call_backend(target, built)
-    after = _snapshot(built)
+    _require_unchanged(before, _snapshot(built), "cmm or fff")
+
+
+def _require_unchanged(before: dict[str, np.ndarray], after: dict[str, np.ndarray], calls: str) -> None:
     for name, old in before.items():
         new = after[name]
         if old.tobytes() == new.tobytes():
@@ -116,12 +119,13 @@ def input_unchanged(target: Target, case: Case) -> None:
             differs = (old != new) & ~(np.isnan(old) & np.isnan(new))
         index = tuple(int(i) for i in np.argwhere(differs)[0]) if np.any(differs) else None
         where = f"first at {name}[{', '.join(map(str, index))}]: {old[index]!r} became {new[index]!r}" if index else ""
-        raise PropertyFailure(f"the input {name} was modified (byte for byte) {where}".strip())
+        raise PropertyFailure(f"{calls} modified the input {name} (byte for byte) {where}".strip())
 
 
-def _snapshot(built: Built) -> dict[str, np.ndarray]:
-    """Copies, as numpy, of x and every parameter array the backend received (numpy, torch or cupy)."""
+def _snapshot(built: Built, more: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Copies, as numpy, of x, every parameter array the backend received (numpy, torch or cupy) and ``more``."""
     arrays = {"x": built.x, "w_in": built.params.w_in, "b_in": built.params.b_in, "w_out": built.params.w_out}
+    arrays.update(more or {})
     snapshot = {}
     for name, array in arrays.items():
         if array is None:
@@ -323,13 +327,22 @@ def thread_safety(target: Target, case: Case) -> None:
         replace(case, input=replace(case.input, seed=case.input.seed + i)).build() for i in range(1, THREADS)
     ]
     serial = [call_backend(target, b) for b in variants]
+    concurrent = _in_threads(lambda index: call_backend(target, variants[index]))
+    for index, results in enumerate(concurrent):
+        for repeat, result in enumerate(results):
+            _require_identical(serial[index], result, f"thread {index} of {THREADS} (call {repeat + 1})")
+
+
+def _in_threads(call: Callable[[int], Any], repeats: int = 3) -> list[list[Any]]:
+    """``call(index)`` ``repeats`` times in each of :data:`THREADS` threads started together; the results
+    per thread. A thread's exception becomes the :class:`PropertyFailure`, raised from this thread."""
     barrier = threading.Barrier(THREADS)
     concurrent: list[Any] = [None] * THREADS
 
     def work(index: int) -> None:
         barrier.wait()
         try:
-            concurrent[index] = [call_backend(target, variants[index]) for _ in range(3)]
+            concurrent[index] = [call(index) for _ in range(repeats)]
         except BaseException as error:  # reported below, from the main thread
             concurrent[index] = error
 
@@ -341,8 +354,7 @@ def thread_safety(target: Target, case: Case) -> None:
     for index, results in enumerate(concurrent):
         if isinstance(results, BaseException):
             raise PropertyFailure(f"thread {index} of {THREADS}: {results}")
-        for repeat, result in enumerate(results):
-            _require_identical(serial[index], result, f"thread {index} of {THREADS} (call {repeat + 1})")
+    return concurrent
 
 
 def gradients_along_path(target: Target, case: Case) -> None:
@@ -364,6 +376,88 @@ def gradients_nan_and_infinity(target: Target, case: Case) -> None:
     from fffcore.conformance.backward import check_gradients
 
     check_gradients(target, case)
+
+
+def gradients_special_upstream(target: Target, case: Case) -> None:
+    """grad_y holding NaN, +-inf, the largest finite values, subnormals, signed zeros: IEEE classes along the path.
+
+    Expected, derived along the path (:mod:`fffcore.conformance.gradient_oracle`): a NaN in ``grad_y[b, o]``
+    makes NaN exactly all of grad x[b], the w_in and b_in gradients of every node row b visits and column
+    o of their w_out gradients; an infinity gives +-inf where it meets nonzero factors, and NaN where it
+    meets a certain zero (relu's slope below 0) or the other infinity; an infinity times a value whose
+    tolerance reaches zero, and sums that may overflow, are of unknown class and not compared; finite
+    entries are compared within the derived tolerance, zeros by value.
+    """
+    from fffcore.conformance.backward import check_gradients
+
+    check_gradients(target, case)
+
+
+def gradients_large_batches(target: Target, case: Case) -> None:
+    """Gradients of large batches (thousands of rows, the paper's layer among them) and at the thresholds."""
+    from fffcore.conformance.backward import check_gradients
+
+    try:
+        check_gradients(target, case)
+    except PropertyFailure as failure:
+        raise PropertyFailure(f"{failure} [a batch of {case.build().rows} rows]") from None
+
+
+def gradients_unchanged(target: Target, case: Case) -> None:
+    """fff_backward writes to none of x, grad_y and the parameters (compared byte for byte)."""
+    from fffcore.conformance.backward import call_backward, upstream_of
+
+    built = case.build()
+    upstream = upstream_of(built)
+    arrays = {"grad_y": upstream.native}
+    before = _snapshot(built, arrays)
+    call_backward(target, built, upstream.native)
+    _require_unchanged(before, _snapshot(built, arrays), "fff_backward")
+
+
+def gradients_repeatable(target: Target, case: Case) -> None:
+    """Calling fff_backward twice with the same arguments gives identical gradients, bit for bit."""
+    from fffcore.conformance.backward import call_backward, upstream_of
+
+    built = case.build()
+    upstream = upstream_of(built)
+    first = call_backward(target, built, upstream.native)
+    _require_same_gradients(first, call_backward(target, built, upstream.native), "the second call")
+
+
+def gradients_thread_safety(target: Target, case: Case) -> None:
+    """fff_backward called from several threads at once gives the same gradients as serial calls."""
+    from fffcore.conformance.backward import call_backward, upstream_of
+
+    variants = [case.build()] + [
+        replace(case, input=replace(case.input, seed=case.input.seed + i)).build() for i in range(1, THREADS)
+    ]
+    upstreams = [upstream_of(built).native for built in variants]
+    serial = [call_backward(target, built, g) for built, g in zip(variants, upstreams, strict=True)]
+    concurrent = _in_threads(lambda i: call_backward(target, variants[i], upstreams[i]))
+    for index, results in enumerate(concurrent):
+        for repeat, result in enumerate(results):
+            _require_same_gradients(serial[index], result, f"thread {index} of {THREADS} (call {repeat + 1})")
+
+
+def autograd_matches_backward(target: Target, case: Case) -> None:
+    """torch.ops.fffcore.fff through loss.backward() gives the gradients fff_backward gives, bit for bit."""
+    from fffcore.conformance.autograd import check_autograd
+
+    check_autograd(target, case)
+
+
+def _require_same_gradients(
+    expected: dict[str, np.ndarray | None], actual: dict[str, np.ndarray | None], who: str
+) -> None:
+    for name, a in expected.items():
+        b = actual[name]
+        if a is None or np.array_equal(a, b, equal_nan=True):
+            continue
+        index = tuple(int(i) for i in np.argwhere(~((a == b) | (np.isnan(a) & np.isnan(b))))[0])
+        raise PropertyFailure(
+            f"{who} returned a different grad {name}: at {list(index)} {b[index]!r} instead of {a[index]!r}"
+        )
 
 
 def _require_identical(expected: Outputs, actual: Outputs, who: str) -> None:
@@ -389,10 +483,18 @@ class Property:
     style: str = "general"
     #: Checks ``fffcore.fff_backward``: runs only on backends that declare ``backward``.
     backward: bool = False
+    #: Why it cannot run on a target (None: it can), besides a missing ``backward``.
+    unsupported: Callable[[Target], str | None] | None = None
 
     @property
     def description(self) -> str:
         return (self.check.__doc__ or "").strip().splitlines()[0]
+
+    def skip_reason(self, target: Target) -> str | None:
+        """Why this property does not run on ``target``, or None."""
+        if self.backward and not target.backward:
+            return f"backend {target.backend!r} does not declare backward"
+        return self.unsupported(target) if self.unsupported else None
 
 
 def _general(target: Target, scope: Scope) -> Any:
@@ -427,6 +529,24 @@ def _small(target: Target, scope: Scope) -> Any:
     return cases(target, max_rows=16, scope=scope)
 
 
+def _special_upstream(target: Target, scope: Scope) -> Any:
+    from fffcore.conformance.strategies import cases
+
+    return cases(target, upstream="specials", finite_inputs=True, scope=scope)
+
+
+def _torch_tensors(target: Target, scope: Scope) -> Any:
+    from fffcore.conformance.strategies import cases
+
+    return cases(target, array_type="torch", params_array_type="torch", max_rows=16, scope=scope)
+
+
+def _without_torch(target: Target) -> str | None:
+    if "torch" not in target.array_types:
+        return "no torch tensors are tested on this target (torch missing, or no dtype both hold)"
+    return None
+
+
 #: Every property, in report order.
 PROPERTIES: tuple[Property, ...] = (
     Property("result_types", result_types, _general),
@@ -444,6 +564,27 @@ PROPERTIES: tuple[Property, ...] = (
     Property("exact_gradients", exact_gradients, _exact, 0.25, style="exact", backward=True),
     Property(
         "gradients_nan_and_infinity", gradients_nan_and_infinity, _specials, 0.25, style="specials", backward=True
+    ),
+    Property(
+        "gradients_special_upstream",
+        gradients_special_upstream,
+        _special_upstream,
+        0.5,
+        style="upstream",
+        backward=True,
+    ),
+    Property("gradients_large_batches", gradients_large_batches, _large, 0.05, style="large", backward=True),
+    Property("gradients_unchanged", gradients_unchanged, _general, 0.25, backward=True),
+    Property("gradients_repeatable", gradients_repeatable, _general, 0.25, backward=True),
+    Property("gradients_thread_safety", gradients_thread_safety, _small, 0.1, style="small", backward=True),
+    Property(
+        "autograd_matches_backward",
+        autograd_matches_backward,
+        _torch_tensors,
+        0.25,
+        style="torch",
+        backward=True,
+        unsupported=_without_torch,
     ),
 )
 

@@ -74,8 +74,9 @@ def run_property(
 
     from fffcore.conformance.strategies import DEFAULT_SCOPE, THOROUGH_SCOPE
 
-    if prop.backward and not target.backward:
-        return PropertyResult(prop.name, "skip", 0, 0.0, f"backend {target.backend!r} does not declare backward")
+    reason = prop.skip_reason(target)
+    if reason:
+        return PropertyResult(prop.name, "skip", 0, 0.0, reason)
     examples = examples_for(prop, max_examples)
     ran = 0
 
@@ -122,7 +123,7 @@ def run_property(
     # that needs deep levels, a large batch or a combination the draws missed, and is reported as it is.
     from fffcore.conformance.fixed import fixed_cases
 
-    for case in fixed_cases(target, prop.style, seed, thorough=thorough):
+    for case in fixed_cases(target, prop.style, seed, thorough=thorough, backward=prop.backward):
         ran += 1
         try:
             prop.check(target, case)

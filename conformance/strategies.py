@@ -124,9 +124,11 @@ def input_specs(
     values: st.SearchStrategy[str] | None = None,
     max_rows: int = 125,
     force_ties: bool = False,
+    upstream: str = "normal",
     scope: Scope = DEFAULT_SCOPE,
 ) -> InputSpec:
-    """An input for ``layer``: leading shape, layout, value style and dtype."""
+    """An input for ``layer``: leading shape, layout, value style and dtype (``upstream``: how its
+    ``grad_y`` is drawn, for the gradient properties)."""
     big = layer.d_in == 768 or layer.d_out == 768 or layer.depth == 11
     if _rarely(draw, scope):
         leading: tuple[int, ...] = ()  # a single row given as a 1-D x
@@ -149,6 +151,7 @@ def input_specs(
         seed=draw(SEEDS),
         exponent=draw(st.integers(1, decades)),
         force_ties=force_ties,
+        upstream=upstream,
     )
 
 
@@ -160,26 +163,53 @@ def cases(
     values: st.SearchStrategy[str] | None = None,
     integer: bool = False,
     max_rows: int | None = None,
+    upstream: str = "normal",
+    finite_inputs: bool = False,
+    array_type: str | None = None,
+    params_array_type: str | None = None,
     scope: Scope = DEFAULT_SCOPE,
 ) -> Case:
     """A whole case: (dtype, array type) pair, layer, input, parameters' array type and layout.
 
-    ``integer=True`` draws integer-valued weights and inputs with forced ties
+    ``integer=True`` draws integer-valued weights, inputs and upstream gradients with forced ties
     (see :meth:`fffcore.conformance.cases.Case.build`), so every logit is exact.
-    ``max_rows`` caps the rows below the scope's own cap.
+    ``max_rows`` caps the rows below the scope's own cap. ``upstream``: how grad_y is drawn;
+    ``finite_inputs``: no NaN or infinities in x. ``array_type`` and ``params_array_type`` fix the
+    input's and the parameters' array types (the target must test the input's).
     """
-    dtype, array_type = draw(st.sampled_from(target.combinations))
+    combinations = [c for c in target.combinations if array_type in (None, c[1])]
+    dtype, chosen_type = draw(st.sampled_from(combinations))
     layer = draw(layer_specs(target, dtype, integer=integer, scope=scope))
     if integer:
-        values = st.just("integers")
+        values, upstream = st.just("integers"), "integers"
+    elif finite_inputs:
+        values = st.sampled_from(tuple(style for style in VALUE_STYLES if style != "specials"))
     rows = scope.max_rows if max_rows is None else min(max_rows, scope.max_rows)
-    spec = draw(input_specs(target, layer, array_type, values=values, max_rows=rows, force_ties=integer, scope=scope))
-    return _case(draw, target, layer, spec, array_type)
+    spec = draw(
+        input_specs(
+            target,
+            layer,
+            chosen_type,
+            values=values,
+            max_rows=rows,
+            force_ties=integer,
+            upstream=upstream,
+            scope=scope,
+        )
+    )
+    return _case(draw, target, layer, spec, chosen_type, params_array_type)
 
 
-def _case(draw: st.DrawFn, target: Target, layer: LayerSpec, spec: InputSpec, array_type: str) -> Case:
-    """The case of ``layer`` and ``spec``, with its parameters' array type and layout drawn."""
-    kinds = target.params_array_types(layer.dtype, array_type)
+def _case(
+    draw: st.DrawFn,
+    target: Target,
+    layer: LayerSpec,
+    spec: InputSpec,
+    array_type: str,
+    params_array_type: str | None = None,
+) -> Case:
+    """The case of ``layer`` and ``spec``, with its parameters' array type (unless given) and layout drawn."""
+    kinds = (params_array_type,) if params_array_type else target.params_array_types(layer.dtype, array_type)
     params_type = draw(st.sampled_from(kinds))
     params_layout = draw(st.sampled_from(ADAPTERS[params_type].layouts))
     device = "cpu" if array_type == "numpy" else target.device

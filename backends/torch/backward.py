@@ -2,8 +2,11 @@
 
 For each block of rows: gather the visited nodes' weight rows, ``h = g . w_out[k, n]``,
 ``dz = h * act'(z)``, the input gradient ``sum dz * w_in[k, n]``, and the parameter gradients added
-node by node with ``index_add_`` (deterministic on the CPU; on CUDA its atomic adds may sum in any
-order). 16-bit layers are computed in float32 and rounded once, as their forward pass is.
+node by node: with ``index_add_`` on the CPU, and on CUDA with ``index_put_(accumulate=True)``, which
+sorts the visits by node rather than adding them atomically in any order, so that two calls give the
+same bits on either device (torch's reproducibility notes list ``index_add_`` on CUDA as
+nondeterministic, ``index_put_`` with ``accumulate=True`` only on the CPU). 16-bit layers are
+computed in float32 and rounded once, as their forward pass is.
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ from typing import Any
 
 #: Bytes of gathered weight rows a block of rows may hold (two (R, K, L, d) tensors).
 BLOCK_BYTES = 64 << 20
+
+
+def add_rows(target: Any, index: Any, values: Any) -> None:
+    """``target[index[i]] += values[i]`` for every i, in an order fixed by the data on every device."""
+    if target.device.type == "cpu":
+        target.index_add_(0, index, values)
+    else:
+        target.index_put_((index,), values, accumulate=True)
 
 
 def fff_backward_rows(x: Any, g: Any, logits: Any, nodes: Any, w_in: Any, b_in: Any, w_out: Any, activation: str):
@@ -44,10 +55,10 @@ def fff_backward_rows(x: Any, g: Any, logits: Any, nodes: Any, w_in: Any, b_in: 
             dz = dz.view(z.shape) * slope(activation, z).to(work)
             visited_w_in = w_in_rows[flat].view(stop - start, -1, d_in)
             grad_x[start:stop] = torch.einsum("rv,rvi->ri", dz.view(stop - start, -1), visited_w_in)
-            grad_w_in.index_add_(0, flat, (dz[..., None] * x[start:stop, None, None, :]).reshape(-1, d_in))
-            grad_b_in.index_add_(0, flat, dz.reshape(-1))
+            add_rows(grad_w_in, flat, (dz[..., None] * x[start:stop, None, None, :]).reshape(-1, d_in))
+            add_rows(grad_b_in, flat, dz.reshape(-1))
             activated = activate(activation, z).to(work)
-            grad_w_out.index_add_(0, flat, (activated[..., None] * g[start:stop, None, None, :]).reshape(-1, d_out))
+            add_rows(grad_w_out, flat, (activated[..., None] * g[start:stop, None, None, :]).reshape(-1, d_out))
     return (
         grad_x.to(dtype),
         grad_w_in.view(trees, n_nodes, d_in).to(dtype),

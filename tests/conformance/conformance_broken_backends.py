@@ -6,6 +6,7 @@ the property expected to catch it (:data:`EXPECTED_FAILURES`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -228,6 +229,62 @@ class ParameterStridesIgnored(ReferenceBackend):
         return self._call(super().fff, x, params)
 
 
+# Broken backward passes: each is the reference's backward with one bug.
+
+
+class BackwardBlocksOverwritten(ReferenceBackend):
+    """Backward in blocks of 4096 rows, where each block's parameter gradients replace the previous
+    blocks' instead of adding to them: right up to 4096 rows, wrong beyond."""
+
+    name = "broken-backward-blocks"
+    block = 4096
+
+    def fff_backward(self, x, params, grad_y):
+        rows, grads = numpy_rows(x, params.dtype), numpy_rows(grad_y, params.dtype)
+        parts = [
+            super(BackwardBlocksOverwritten, self).fff_backward(
+                rows[lo : lo + self.block], params, grads[lo : lo + self.block]
+            )
+            for lo in range(0, max(1, rows.shape[0]), self.block)
+        ]
+        grad_x = np.concatenate([part[0] for part in parts])
+        return (grad_x, *parts[-1][1:])
+
+
+class BackwardUpstreamSanitized(ReferenceBackend):
+    """Replaces NaN in grad_y by 0 and infinities by the largest finite values (``np.nan_to_num``)."""
+
+    name = "broken-backward-nan-to-num"
+
+    def fff_backward(self, x, params, grad_y):
+        return super().fff_backward(x, params, np.nan_to_num(numpy_rows(grad_y, params.dtype)))
+
+
+class BackwardReusesUpstream(ReferenceBackend):
+    """Uses the caller's grad_y as scratch space: zeroes its first column after the backward pass."""
+
+    name = "broken-backward-scratch"
+
+    def fff_backward(self, x, params, grad_y):
+        grads = numpy_rows(grad_y, params.dtype)
+        result = super().fff_backward(x, params, grads)
+        if grads.flags.writeable and grads.size:
+            grads[:, 0] = 0
+        return result
+
+
+class BackwardSharedState(ReferenceBackend):
+    """Keeps its arguments on the backend object for a moment: calls from two threads mix them up."""
+
+    name = "broken-backward-shared"
+
+    def fff_backward(self, x, params, grad_y):
+        self.pending = (x, grad_y)
+        time.sleep(0.002)
+        x, grad_y = self.pending
+        return super().fff_backward(x, params, grad_y)
+
+
 BROKEN_BACKENDS = (
     GreaterOrEqualAtTies,
     TanhGeluForExact,
@@ -243,6 +300,10 @@ BROKEN_BACKENDS = (
     Float32Accumulation,
     PartialBatch,
     ParameterStridesIgnored,
+    BackwardBlocksOverwritten,
+    BackwardUpstreamSanitized,
+    BackwardReusesUpstream,
+    BackwardSharedState,
 )
 
 #: The property that must catch each broken backend.
@@ -261,6 +322,10 @@ EXPECTED_FAILURES = {
     "broken-float32-accumulation": "logits_along_path",
     "broken-partial-batch": "output_along_path",
     "broken-params-strides": "logits_along_path",
+    "broken-backward-blocks": "gradients_large_batches",
+    "broken-backward-nan-to-num": "gradients_special_upstream",
+    "broken-backward-scratch": "gradients_unchanged",
+    "broken-backward-shared": "gradients_thread_safety",
 }
 
 assert set(EXPECTED_FAILURES) == {backend.name for backend in BROKEN_BACKENDS}

@@ -40,7 +40,7 @@ LONG_COMMANDS: dict[str, str] = {
     "fff compare": "dry-run",  # 3 minutes by default, up to 10 with every backend and shape family
     "pytest": "collect",  # the benchmark suite at the paper's shapes, or the conformance suite at 200 examples
     "python -m pytest": "collect",  # test files this test run runs anyway
-    "fff check numba --thorough": "parse",  # about 100 s
+    "fff check numba --thorough": "parse",  # about two minutes
     "python -m benchmarks.studies.soak": "parse",  # 100,000 calls: 90 s
     "python -m benchmarks.studies.model": "parse",  # 12 BERT layers: 70 s
     "python -m benchmarks.studies.model --layers 2": "run",  # the small model: seconds
