@@ -27,6 +27,7 @@ The shapes fix K*N but not K and N apart (4095 rows are 1 tree of depth 11 or 40
 
 from __future__ import annotations
 
+import importlib.util
 import numbers
 import sys
 from collections.abc import Mapping
@@ -494,3 +495,16 @@ def _params_or_problems(
 
 def _is_bfloat16(tensor: Any) -> bool:
     return str(getattr(tensor, "dtype", "")) == "torch.bfloat16"
+
+
+# The model classes, registered with transformers' Auto classes on import where transformers and torch are installed.
+if importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch") is not None:
+    from fffcore.ultrafastbert_model import UltraFastBERTConfig as UltraFastBERTConfig
+    from fffcore.ultrafastbert_model import UltraFastBERTForMaskedLM as UltraFastBERTForMaskedLM
+    from fffcore.ultrafastbert_model import (
+        UltraFastBERTForSequenceClassification as UltraFastBERTForSequenceClassification,
+    )
+    from fffcore.ultrafastbert_model import UltraFastBERTModel as UltraFastBERTModel
+    from fffcore.ultrafastbert_model import register
+
+    register()
