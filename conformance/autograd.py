@@ -15,7 +15,7 @@ import numpy as np
 from fffcore.conformance.adapters import ADAPTERS
 from fffcore.conformance.backward import call_backward, upstream_of
 from fffcore.conformance.cases import Case
-from fffcore.conformance.checks import PropertyFailure
+from fffcore.conformance.checks import PropertyFailure, first_difference
 from fffcore.conformance.target import Target
 
 
@@ -67,11 +67,8 @@ def check_autograd(target: Target, case: Case) -> None:
             torch_adapter = ADAPTERS["torch"]
             expected = torch_adapter.to_numpy(torch_adapter.from_numpy(expected, layer.dtype, "cpu").to(leaf.dtype))
             expected = expected.astype(np.float64).reshape(actual.shape)
-        if not np.array_equal(actual, expected, equal_nan=True):
-            with np.errstate(invalid="ignore"):
-                index = tuple(
-                    int(i) for i in np.argwhere(~((actual == expected) | (np.isnan(actual) & np.isnan(expected))))[0]
-                )
+        index = first_difference(expected, actual)
+        if index is not None:
             raise PropertyFailure(
                 f"{name}.grad{list(index)}: {actual[index]!r} through autograd, {expected[index]!r} from "
                 f"fff_backward (with grad_y = dL/dy; they must be identical)"

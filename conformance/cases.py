@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fffcore.conformance.adapters import ADAPTERS, round_to_dtype, with_layout
+from fffcore.conformance.tolerances import LARGEST_FINITE
 from fffcore.params import FFFParams
 from fffcore.spec import node_count
 
@@ -129,7 +130,7 @@ class InputSpec:
         first, second = rng.permutation(layer.d_out)[:2] if layer.d_out > 1 else (0, None)
         chosen[0, first] = True
         signs = rng.choice([-1.0, 1.0], rows.shape)
-        largest = min(_largest_finite(layer.dtype), _largest_finite(self.dtype))
+        largest = min(LARGEST_FINITE[layer.dtype], LARGEST_FINITE[self.dtype])
         smallest = _smallest_subnormal(layer.dtype)
         by_kind = (
             np.full(rows.shape, np.nan),
@@ -144,10 +145,6 @@ class InputSpec:
         if second is not None:
             rows[0, second] = signs[0, second] * np.inf
         return rows.reshape(shape)
-
-
-def _largest_finite(dtype: str) -> float:
-    return float(np.float32(3.3895313892515355e38)) if dtype == "bfloat16" else float(np.finfo(np.dtype(dtype)).max)
 
 
 def _smallest_subnormal(dtype: str) -> float:

@@ -86,6 +86,17 @@ def mismatches(actual: np.ndarray, expected: np.ndarray, tolerance: np.ndarray, 
         )
 
 
+def first_difference(expected: np.ndarray, actual: np.ndarray) -> tuple[int, ...] | None:
+    """The index of the first element where two arrays of one shape differ (NaN equals NaN), or None."""
+    with np.errstate(invalid="ignore"):
+        same = expected == actual
+        if expected.dtype.kind == "f":
+            same |= np.isnan(expected) & np.isnan(actual)
+    if np.all(same):
+        return None
+    return tuple(int(i) for i in np.argwhere(~same)[0])
+
+
 def check_path_structure(nodes: np.ndarray, depth: int, leading: tuple[int, ...]) -> None:
     """Every path starts at the root and each next node is a child (2n+1 or 2n+2) of the previous."""
     if nodes.shape[-1] and np.any(nodes[..., 0] != 0):

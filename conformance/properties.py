@@ -452,9 +452,9 @@ def _require_same_gradients(
 ) -> None:
     for name, a in expected.items():
         b = actual[name]
-        if a is None or np.array_equal(a, b, equal_nan=True):
+        index = None if a is None else checks.first_difference(a, b)
+        if index is None:
             continue
-        index = tuple(int(i) for i in np.argwhere(~((a == b) | (np.isnan(a) & np.isnan(b))))[0])
         raise PropertyFailure(
             f"{who} returned a different grad {name}: at {list(index)} {b[index]!r} instead of {a[index]!r}"
         )
@@ -463,8 +463,8 @@ def _require_same_gradients(
 def _require_identical(expected: Outputs, actual: Outputs, who: str) -> None:
     for what in ("logits", "nodes", "output"):
         a, b = getattr(expected, what), getattr(actual, what)
-        if not np.array_equal(a, b, equal_nan=True):
-            index = tuple(np.argwhere(~((a == b) | (np.isnan(a) & np.isnan(b))) if a.dtype.kind == "f" else a != b)[0])
+        index = checks.first_difference(a, b)
+        if index is not None:
             raise PropertyFailure(
                 f"{who} returned different {what}: at {list(index)} {b[index]!r} instead of {a[index]!r}"
             )
