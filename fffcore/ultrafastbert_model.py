@@ -226,6 +226,48 @@ class UltraFastBERTConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+#: oneDNN's linear kernel, when this torch has it (``torch.compile`` with freezing calls it on CPUs).
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class Linear(torch.nn.Linear):
+    """``torch.nn.Linear`` that, on float32 CPU tensors without autograd (``eval()`` under
+    ``torch.no_grad`` or ``torch.inference_mode``), computes through oneDNN's linear kernel rather than
+    torch's default matrix product: the same result within float32 rounding, and a quarter off the
+    masked-LM model's inference time where it was measured (``benchmarks/NOTES.md``, section 15)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            _ONEDNN_LINEAR
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        ):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+class Dropout(torch.nn.Dropout):
+    """``torch.nn.Dropout`` (each entry kept with probability 1 - p and scaled by 1 / (1 - p)) drawn
+    from ``torch.rand_like`` rather than a Bernoulli draw: the same distribution, with forward and
+    backward together about twice as fast on CPUs (``benchmarks/NOTES.md``, section 15)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``x`` times a mask of 0 (probability ``p``) and 1 / (1 - p); ``x`` itself when not training or p is 0."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    # One multiplication forward and one backward (autograd keeps the scaled mask).
+    keep = (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep
+
+
 class ScaledSinusoidal(torch.nn.Module):
     """``scale_factor * pe[:S]``: sine at even, cosine at odd features, frequencies 10000**(-2i/H)."""
 
@@ -253,7 +295,7 @@ class Embedding(torch.nn.Module):
         width = arch["hidden_size"]
         self.word_embedding = torch.nn.Embedding(settings["vocab_size"], width, padding_idx=settings["pad_token_id"])
         self.pos_embedding = ScaledSinusoidal(width, settings["max_seq_length"])
-        self.dropout = torch.nn.Dropout(settings["dropout_prob"])
+        self.dropout = Dropout(settings["dropout_prob"])
         self.norm = torch.nn.LayerNorm(width, eps=arch["norm_eps"])
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -270,21 +312,24 @@ class SelfAttention(torch.nn.Module):
         # a constant the paper's state dicts carry; read back from head_width, so not saved here
         self.register_buffer("norm_factor", torch.tensor(self.head_width).rsqrt(), persistent=False)
         self.scale = float(self.norm_factor)  # the paper's factor, as a number: no device read per call
-        self.query_key_value = torch.nn.Linear(width, 3 * width, bias=False)
+        self.query_key_value = Linear(width, 3 * width, bias=False)
 
     def forward(self, x: torch.Tensor, additive_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, width = x.shape
         mixed = self.query_key_value(x).view(batch, length, self.heads, 3 * self.head_width)
         query, key, value = (part.transpose(1, 2) for part in mixed.split(self.head_width, dim=3))  # (B, nh, S, hd)
-        # softmax(q k^T / sqrt(hd) + mask) v, with dropout on the probabilities in training: one fused kernel
-        context = torch.nn.functional.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=None if additive_mask is None else additive_mask.to(query.dtype),
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.scale,
-        )
+        mask = None if additive_mask is None else additive_mask.to(query.dtype)
+        if self.training and self.dropout > 0.0:
+            # softmax(q k^T / sqrt(hd) + mask), dropout, times v: torch's fused kernel would run these
+            # same steps with its slower Bernoulli dropout
+            scores = torch.matmul(query, key.transpose(2, 3)).mul_(self.scale)
+            if mask is not None:
+                scores = scores + mask
+            context = torch.matmul(dropout(scores.softmax(dim=-1), self.dropout, True), value)
+        else:  # one fused kernel
+            context = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, scale=self.scale
+            )
         return context.transpose(1, 2).reshape(batch, length, width)
 
 
@@ -294,7 +339,7 @@ class Attention(torch.nn.Module):
         settings = arch["attention"]
         width = arch["hidden_size"]
         self.self_attention = SelfAttention(width, settings["num_attention_heads"], settings["dropout_prob"])
-        self.dense = torch.nn.Linear(width, width, bias=False)
+        self.dense = Linear(width, width, bias=False)
 
     def forward(self, x: torch.Tensor, additive_mask: torch.Tensor | None) -> torch.Tensor:
         return self.dense(self.self_attention(x, additive_mask))
@@ -361,7 +406,7 @@ class TransformerLayer(torch.nn.Module):
     def __init__(self, arch: dict[str, Any], backend: str | None) -> None:
         super().__init__()
         width, eps = arch["hidden_size"], arch["norm_eps"]
-        self.dropout = torch.nn.Dropout(arch["hidden_dropout_prob"])
+        self.dropout = Dropout(arch["hidden_dropout_prob"])
         self.norm1 = torch.nn.LayerNorm(width, eps=eps)
         self.norm2 = torch.nn.LayerNorm(width, eps=eps)
         self.attn = Attention(arch)
@@ -533,7 +578,7 @@ class UltraFastBERTForMaskedLM(UltraFastBERTPreTrainedModel):
         super().__init__(config)
         arch = config.arch
         self.encoder = Encoder(arch, config.fff_backend)
-        self.decoder = torch.nn.Linear(arch["hidden_size"], arch["embedding"]["vocab_size"], bias=False)
+        self.decoder = Linear(arch["hidden_size"], arch["embedding"]["vocab_size"], bias=False)
         self.initialise()
         self.decoder.weight = self.encoder.embedding.word_embedding.weight
 
@@ -566,7 +611,7 @@ class UltraFastBERTForSequenceClassification(UltraFastBERTPreTrainedModel):
         self.num_labels = config.num_labels
         self.encoder = Encoder(arch, config.fff_backend)
         self.pooler = Pooler(arch["hidden_size"], head["head_dim"], head["classifier_dropout"])
-        self.head = torch.nn.Linear(head["head_dim"], self.num_labels)
+        self.head = Linear(head["head_dim"], self.num_labels)
         self.initialise()
 
     def forward(
@@ -593,9 +638,9 @@ class Pooler(torch.nn.Module):
 
     def __init__(self, width: int, head_width: int, dropout: float) -> None:
         super().__init__()
-        self.dense = torch.nn.Linear(width, head_width)
+        self.dense = Linear(width, head_width)
         self.activation = torch.nn.Tanh()
-        self.dropout = torch.nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.activation(self.dense(states.mean(dim=1))))

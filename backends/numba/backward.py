@@ -54,10 +54,12 @@ row_gradients = serial_and_parallel(_row_gradients, fastmath=SAFE_FASTMATH)
 
 @njit(cache=True, fastmath=SAFE_FASTMATH, inline="always")
 def _add_visits(target, factors, sources, tree, order, lo, hi):
-    """``target += factors[b, tree, l] * sources[b]`` over the visits ``order[lo:hi]`` (each ``b * L + l``),
-    in their order; returns the sum of those factors, begun at zero."""
+    """``target = sum of factors[b, tree, l] * sources[b]`` over the visits ``order[lo:hi]`` (each
+    ``b * L + l``), added in their order to zeros; returns the sum of those factors, begun at zero."""
     levels = factors.shape[2]
     total = factors.dtype.type(0)
+    for c in range(target.shape[0]):
+        target[c] = total  # zero: set here, with the sums, rather than in a pass over the whole gradient
     for e in range(lo, hi):
         b = order[e] // levels
         factor = factors[b, tree, order[e] - b * levels]
@@ -70,8 +72,9 @@ def _add_visits(target, factors, sources, tree, order, lo, hi):
 
 def _node_gradients(x, g, dz, activated, tree, start, order, has_bias, grad_w_in, grad_b_in, grad_w_out):
     """Stage 2 for tree ``tree``: work item ``2n`` sums node n's ``w_in`` and bias gradients over its
-    visits in ``order``, item ``2n + 1`` its ``w_out`` gradient; the gradients start at zero. Whole rows
-    of ``x`` and ``g`` stream through, each added into one gradient row that stays in cache."""
+    visits in ``order``, item ``2n + 1`` its ``w_out`` gradient, each from zero, so every row of the
+    gradients is written here (a node no row visits gets zeros). Whole rows of ``x`` and ``g`` stream
+    through, each added into one gradient row that stays in cache."""
     for item in prange(2 * (start.shape[0] - 1)):
         n = item // 2
         if item % 2 == 0:
@@ -106,11 +109,14 @@ def run_backward(
     dz = np.empty(logits.shape, x.dtype)
     activated = np.empty(logits.shape, x.dtype)
     grad_x = np.empty_like(x)
-    grad_w_in = np.zeros_like(w_in)
-    grad_w_out = np.zeros_like(w_out)
+    grad_w_in = np.empty_like(w_in)  # every row written by the node stage, from zero
+    grad_w_out = np.empty_like(w_out)
     has_bias = b_in is not None
     grad_b_in = np.zeros(w_in.shape[:2], x.dtype)
-    if rows:
+    if not rows:  # no stage runs: the gradients of the parameters are zero
+        grad_w_in.fill(0)
+        grad_w_out.fill(0)
+    else:
         # A forked child must not enter the thread pool it inherited (GNU OpenMP would abort it).
         parallel = not forking.inherited("numba")
         if parallel:

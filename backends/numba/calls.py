@@ -65,9 +65,11 @@ class ThreadChoice:
     is tried first (parallel before serial); then calls keep the current variant until the
     other's mean is lower by the margin :data:`SWITCH` (so that noise does not flip it back and
     forth). The other variant is tried again once :data:`RETRY_RATIO` times its expected call
-    time has passed since it last ran (between :data:`RETRY_MIN_S` and :data:`RETRY_MAX_S`),
-    so it is re-measured at a cost of about 5% of the time at most, and a machine whose load
-    changes is followed within a fraction of a second. A parallel call that is the first of its
+    time has passed since it last ran (between :data:`RETRY_MIN_S` and :data:`RETRY_MAX_S`)
+    and :data:`RETRY_CALLS` calls of the size class have run without it, so it is re-measured at
+    a cost of about 5% of the time and of the calls at most (a layer called once per forward pass
+    of a model, between other work, would otherwise flip variants on every call), and a machine
+    whose load changes is followed within a fraction of a second or 20 calls. A parallel call that is the first of its
     size class, or right after serial ones, may find numba's helper threads asleep or not yet
     started (they sleep after a fraction of a millisecond without work), so it is not counted,
     and the next call runs parallel too and is.
@@ -78,11 +80,13 @@ class ThreadChoice:
     RETRY_RATIO = 20.0
     RETRY_MIN_S = 0.02
     RETRY_MAX_S = 0.25
+    RETRY_CALLS = 20
 
     def __init__(self) -> None:
         self.per_row: dict[tuple[int, bool], float] = {}  # the mean of ``samples`` without the largest
         self.samples: dict[tuple[int, bool], list[float]] = {}
         self.last_run: dict[tuple[int, bool], float] = {}
+        self.calls_without: dict[tuple[int, bool], int] = {}  # calls of the size class since the variant ran
         self.current: dict[int, bool] = {}  # size class -> whether calls now run parallel
         self.previous: dict[int, bool] = {}  # size class -> whether its last call ran parallel
         self.again: set[int] = set()  # size classes whose next call runs parallel (after a waking one)
@@ -107,7 +111,8 @@ class ThreadChoice:
         self.current[size] = current
         other_per_row = on_one if current else on_all
         since = time.monotonic() - self.last_run.get((size, not current), 0.0)
-        if since >= min(self.RETRY_MAX_S, max(self.RETRY_MIN_S, self.RETRY_RATIO * other_per_row * rows)):
+        waited = min(self.RETRY_MAX_S, max(self.RETRY_MIN_S, self.RETRY_RATIO * other_per_row * rows))
+        if since >= waited and self.calls_without.get((size, not current), 0) >= self.RETRY_CALLS:
             return not current
         return current
 
@@ -118,6 +123,8 @@ class ThreadChoice:
         woke_helpers = parallel and self.previous.get(size) is not True
         self.previous[size] = parallel
         self.last_run[key] = time.monotonic()
+        self.calls_without[key] = 0
+        self.calls_without[(size, not parallel)] = self.calls_without.get((size, not parallel), 0) + 1
         if woke_helpers:
             self.again.add(size)
             return
@@ -187,10 +194,13 @@ def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
     """
     rows = _read_only_rows(x, params.dtype)
     count = rows.shape[0]
-    w_in, b_in, has_bias = _layer_arguments(params)[:3]
+    arguments = _layer_arguments(params)
+    w_in, b_in, has_bias = arguments[:3]
     if count < sizes.BLOCKED_MIN_ROWS:
         groups = lambda parallel: kernels.cmm_rows.run(parallel, rows, w_in, b_in, has_bias)  # noqa: E731
         return _run(groups, count, params, "cmm rows", serial_in_pool=False)
+    if not _blocked_walk_here(rows, arguments, kernels.cmm_rows):
+        return _until_blocked(rows, arguments, "cmm", lambda: kernels.cmm_rows.serial(rows, w_in, b_in, has_bias))
     blocked = lambda parallel: kernels.run_cmm(rows, w_in, b_in, has_bias, parallel=parallel)  # noqa: E731
     return _run(blocked, count, params, "cmm blocked", serial_in_pool=True)
 
@@ -203,16 +213,37 @@ def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
     if count < sizes.BLOCKED_MIN_ROWS:
         groups = lambda parallel: kernels.fff_rows.run(parallel, rows, *arguments)  # noqa: E731
         return _run(groups, count, params, "fff rows", serial_in_pool=False)
+    if not _blocked_walk_here(rows, arguments, kernels.fff_rows):
+        return _until_blocked(rows, arguments, "fff", lambda: kernels.fff_rows.serial(rows, *arguments))
     blocked = lambda parallel: kernels.run_fff(rows, *arguments, parallel=parallel)  # noqa: E731
     return _run(blocked, count, params, "fff blocked", serial_in_pool=True)
+
+
+def _blocked_walk_here(rows: np.ndarray, arguments: tuple[Any, ...], row_kernels: Any) -> bool:
+    """Whether a large batch can run the blocked walk now. While it compiles, the row-group kernel
+    serves instead, unless that would have to compile too: numba compiles one function at a time, so
+    that would wait for the walk anyway, and the call waits for the walk and runs it."""
+    if kernels.blocked_walk_ready(rows, *arguments[:4]):
+        return True
+    if kernels.compiling_blocked_walk() and not kernels.compiled_for(row_kernels, rows.dtype.name):
+        kernels.wait_for_blocked_walks()
+        return kernels.blocked_walk_ready(rows, *arguments[:4])
+    return False
+
+
+def _until_blocked(rows: np.ndarray, arguments: tuple[Any, ...], what: str, call: Callable[[], Any]) -> Any:
+    """``call()``, a row-group kernel on this thread, serving a large batch while the blocked walk is not
+    yet there (the same bits); then the walk's compile starts (:func:`.kernels.compile_blocked_walk`)."""
+    result = _first_call(what + " rows serial", rows.dtype.name, call)
+    kernels.compile_blocked_walk(rows, *arguments[:4])
+    return result
 
 
 def warm_up(dtypes: Sequence[str]) -> None:
     """Compile (or load from the disk cache) every kernel a call in these dtypes can use: for
     ``fff`` and ``cmm`` the row-group kernels, serial and parallel (for ``fff`` also the direct
-    entry point small calls use), and the blocked walk (whose serial runs are the parallel kernel
-    on one thread). Asked for, so no compiling notice is shown. A child forked from a process
-    that ran numba's threads compiles the threadless walk the first time it needs it."""
+    entry point small calls use), and the blocked walk, serial and parallel. Asked for, so no
+    compiling notice is shown."""
     with _serial_lock:
         _start_threads()
     for dtype in dtypes:
@@ -227,7 +258,9 @@ def warm_up(dtypes: Sequence[str]) -> None:
         for parallel in (False, True):
             kernels.fff_rows.run(parallel, x, *arguments)
             kernels.cmm_rows.run(parallel, x, *arguments[:3])
-        kernels.run_fff(x, *arguments, parallel=True)  # the blocked walk: one kernel for fff and cmm
+        kernels.compile_blocked_walk(x, *arguments[:4])  # the blocked walk: one kernel for fff and cmm
+        kernels.wait_for_blocked_walks()
+        kernels.run_fff(x, *arguments, parallel=True)
         kernels.run_cmm(x, *arguments[:3], parallel=True)
 
 
@@ -257,12 +290,23 @@ def _first_call(what: str, dtype: str, call: Callable[[], Any]) -> Any:
         timer.cancel()
 
 
+#: What compiling every kernel of one dtype took with an empty cache on a 2-core AMD EPYC (``fff warmup``;
+#: docs/numba.md, "Compilation and the on-disk cache"): the notice quotes it.
+COMPILE_ALL_S = 22
+_announced_dtypes: set[str] = set()
+
+
 def _announce_compiling(what: str, dtype: str) -> None:
+    """Say, once per process and dtype, that numba is compiling (``what``: the kernel that started it)."""
+    if dtype in _announced_dtypes:
+        return
+    _announced_dtypes.add(dtype)
     logger.warning(
-        "fffcore: numba is compiling its %s %s kernel on first use; this takes several seconds once, and "
-        "later processes load it from the disk cache in %s. `fff warmup` compiles every kernel ahead of time.",
+        "fffcore: numba is compiling its %s kernels (first: %s) on first use, about %d s in all on 2 cores; "
+        "once: later processes load them from %s. `fff warmup` compiles them ahead of time.",
         dtype,
         what,
+        COMPILE_ALL_S,
         cache_location(),
     )
 

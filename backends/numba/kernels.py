@@ -42,6 +42,10 @@ Activations run in float64 without fastmath (:mod:`.activations`).
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -604,6 +608,101 @@ def _tree_walker(parallel: bool) -> Callable[..., None]:
     if forking.inherited("numba"):
         return walk_tree.serial
     return lambda *args: run_on_one_thread(walk_tree.parallel, *args)
+
+
+#: Signatures of the parallel tree walk that this process has compiled or loaded from the disk cache.
+_walks_ready: set[Any] = set()
+#: The threads compiling (or loading) them, by signature; one per signature and process.
+_walk_threads: dict[Any, threading.Thread] = {}
+_walk_lock = threading.Lock()
+_hooks_registered: list[bool] = []  # whether the exit and fork hooks are in place
+#: Seconds the process waits at exit for a walk still compiling before it says why it waits.
+EXIT_NOTICE_AFTER_S = 1.0
+logger = logging.getLogger("fffcore.backends.numba")
+
+
+def blocked_walk_ready(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, has_bias: bool, w_out: np.ndarray) -> bool:
+    """Whether this process has the blocked walk (the parallel tree walk) for these argument types, or
+    is a forked child (which compiles only the threadless walk, when it needs it)."""
+    return forking.inherited("numba") or _walk_signature(x, w_in, b_in, has_bias, w_out) in _walks_ready
+
+
+def compile_blocked_walk(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, has_bias: bool, w_out: np.ndarray) -> None:
+    """Start compiling the blocked walk for these argument types (or loading it from the disk cache) on a
+    thread of its own, once per process and signature.
+
+    It takes about 13 s to compile on 2 cores: callers serve their calls with the row-group kernels
+    (the same bits) until :func:`blocked_walk_ready` says it is there. numba compiles one function at a
+    time, so a caller starts this after compiling what its own call needs. The process waits for it at
+    exit, so that the disk cache keeps it.
+    """
+    signature = _walk_signature(x, w_in, b_in, has_bias, w_out)
+    with _walk_lock:
+        if signature in _walk_threads:
+            return
+
+        def compile_it() -> None:
+            # Compiling a parallel kernel starts numba's threading layer: a child forked from now on must
+            # not enter it (fffcore.forking), as if a parallel kernel had run.
+            forking.note_started("numba")
+            try:
+                walk_tree.parallel.compile(signature)
+            except Exception as error:  # the row groups keep serving; a parallel call here will say why
+                logger.warning("fffcore: numba could not compile the blocked walk: %s: %s", type(error).__name__, error)
+                return
+            _walks_ready.add(signature)
+
+        thread = threading.Thread(target=compile_it, name="fffcore numba blocked walk", daemon=True)
+        if not _hooks_registered:
+            _hooks_registered.append(True)
+            atexit.register(_finish_compiling)
+            # A child forked mid-compile would inherit numba's compiler lock held by a thread it does
+            # not have, and hang at its first compile: a fork waits for the compile to end.
+            os.register_at_fork(before=wait_for_blocked_walks)
+        _walk_threads[signature] = thread
+        thread.start()
+
+
+def _walk_signature(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, has_bias: bool, w_out: np.ndarray) -> Any:
+    """The numba argument types :func:`_run_blocked` calls the walk with, for these arrays."""
+    from numba import typeof
+
+    levels = (w_in.shape[1] + 1).bit_length() - 1
+    output = np.empty((1, w_out.shape[2]), x.dtype)
+    paths = (np.empty((1, 1, levels), x.dtype), np.empty((1, 1, levels), np.int64))
+    arguments = (x, w_in, b_in, has_bias, 0, 0, *paths, DEFAULT_BLOCK, 0, np.zeros(1, np.int64))
+    arguments += (output, w_out, 0, True, True)
+    return tuple(typeof(a) for a in arguments)
+
+
+def compiling_blocked_walk() -> bool:
+    """Whether a blocked walk is compiling on its thread now."""
+    return any(thread.is_alive() for thread in _walk_threads.values())
+
+
+def compiled_for(kernels: SerialAndParallel, dtype: str) -> bool:
+    """Whether the serial variant of ``kernels`` is compiled (or loaded) here for arrays of ``dtype``."""
+    return any(str(signature[0].dtype) == dtype for signature in kernels.serial.signatures)
+
+
+def wait_for_blocked_walks() -> None:
+    """Block until every blocked walk this process started compiling is there (``fff warmup`` does)."""
+    for thread in list(_walk_threads.values()):
+        thread.join()
+
+
+def _finish_compiling() -> None:
+    """At exit: let a walk still compiling finish, so that the disk cache keeps it, and say why the
+    process waits when that takes more than a moment."""
+    running = [thread for thread in _walk_threads.values() if thread.is_alive()]
+    for thread in running:
+        thread.join(EXIT_NOTICE_AFTER_S)
+    if any(thread.is_alive() for thread in running):
+        logger.warning(
+            "fffcore: numba is finishing compiling the blocked walk (up to 13 s) before the process exits, so "
+            "that later processes load it from the disk cache; `fff warmup` compiles every kernel ahead of time."
+        )
+    wait_for_blocked_walks()
 
 
 def choose_split(rows: int, levels: int, block: int) -> int:

@@ -14,7 +14,9 @@ give the same logits, and times, alternating the two in rounds:
   backward, SGD update (``train()``, dropout as configured).
 
 It also reports the FFF layers' share of fffcore's inference time (timed by hooks around each FFF
-module) and the same calls alone, on fresh inputs of the same shape.
+module) and the same calls alone, on fresh inputs of the same shape; and, in the same rounds, fffcore's
+model with torch's default dense kernels (rather than oneDNN's, in inference) and with torch's own
+dropout (in training), so that what the FFF layers give and what the rest gives can be told apart.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from fffcore.benchmarks.timing import round_robin
+
+#: What each contestant is (the keys of the timing dictionaries).
+CONTESTANTS = {
+    "paper": "the paper's model",
+    "fffcore": "fffcore",
+    "fffcore_torch_dense": "fffcore, dense layers by torch's default kernels",
+    "fffcore_torch_dropout": "fffcore, torch's own dropout",
+}
 
 SEQUENCE = 128
 
@@ -58,9 +68,29 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
+def speedup(times: dict[str, list[float]], name: str) -> float:
+    """The median over rounds of the paper's time over ``name``'s."""
+    return statistics.median(p / f for p, f in zip(times["paper"], times[name], strict=True))
+
+
+def patched(module: Any, attribute: str, value: Any, call: Any) -> Any:
+    """``call`` run with ``module.attribute`` set to ``value`` for the call."""
+
+    def run() -> Any:
+        kept = getattr(module, attribute)
+        setattr(module, attribute, value)
+        try:
+            return call()
+        finally:
+            setattr(module, attribute, kept)
+
+    return run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
+    import fffcore.ultrafastbert_model as model_code
     from fffcore.ultrafastbert import UltraFastBERTForMaskedLM, UltraFastBERTForSequenceClassification
     from fffcore.ultrafastbert_model import published_arch
 
@@ -103,11 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             hooks.append(layer.ffn.register_forward_hook(lambda *_: inside.append(time.perf_counter())))
         with torch.inference_mode():
             inference = round_robin(
-                {"paper": lambda: theirs(input_ids=ids), "fffcore": lambda: ours(input_ids=ids)},
+                {
+                    "paper": lambda: theirs(input_ids=ids),
+                    "fffcore": lambda: ours(input_ids=ids),
+                    "fffcore_torch_dense": patched(model_code, "_ONEDNN_LINEAR", False, lambda: ours(input_ids=ids)),
+                },
                 arguments.rounds,
                 warm_up_rounds=1,
             )
-        fff_inside = sum(inside) / (len(inside) // (2 * arguments.layers))
+        fff_inside = sum(inside) / (len(inside) // (2 * arguments.layers))  # both fffcore contestants'
+
         for hook in hooks:
             hook.remove()
         fresh = [torch.randn(1, SEQUENCE, 768) for _ in ours.encoder.layers]
@@ -137,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "paper": torch.optim.SGD(theirs.parameters(), lr=1e-4),
             "fffcore": torch.optim.SGD(ours.parameters(), lr=1e-4),
         }
+        torch_dropout = torch.nn.functional.dropout
 
         def step(model: Any, optimizer: Any, loss_of: Any) -> None:
             optimizer.zero_grad()
@@ -151,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fffcore": lambda: step(
                     ours, optimizers["fffcore"], lambda m: m(input_ids=batch_ids, labels=labels).loss
                 ),
+                "fffcore_torch_dropout": patched(
+                    model_code,
+                    "dropout",
+                    torch_dropout,
+                    lambda: step(ours, optimizers["fffcore"], lambda m: m(input_ids=batch_ids, labels=labels).loss),
+                ),
             },
             arguments.rounds,
             warm_up_rounds=1,
@@ -161,30 +203,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "logit_difference_relative": difference,
         "inference_batch1_seq128_ms": {name: median_ms(s) for name, s in inference.items()},
-        "inference_speedup": statistics.median(
-            p / f for p, f in zip(inference["paper"], inference["fffcore"], strict=True)
-        ),
+        "inference_speedup": speedup(inference, "fffcore"),
+        "inference_speedup_torch_dense": speedup(inference, "fffcore_torch_dense"),
         "fff_inside_model_ms": fff_inside * 1e3,
         "fff_share_of_model": fff_inside / statistics.median(inference["fffcore"]),
         "fff_alone_ms": median_ms(alone),
         "finetune_step_batch8_seq128_ms": {name: median_ms(s) for name, s in training.items()},
-        "finetune_speedup": statistics.median(
-            p / f for p, f in zip(training["paper"], training["fffcore"], strict=True)
-        ),
+        "finetune_speedup": speedup(training, "fffcore"),
+        "finetune_speedup_torch_dropout": speedup(training, "fffcore_torch_dropout"),
         "rounds": arguments.rounds,
     }
     print(f"masked-LM inference, batch 1, sequence {SEQUENCE}:")
     for name, value in results["inference_batch1_seq128_ms"].items():
-        print(f"  {name:<8} {value:9.1f} ms")
-    print(f"  speed-up {results['inference_speedup']:.2f}x (median of the per-round ratios)")
+        print(f"  {CONTESTANTS[name]:<52} {value:9.1f} ms")
+    print(
+        f"  speed-up {results['inference_speedup']:.2f}x (median of the per-round ratios); "
+        f"{results['inference_speedup_torch_dense']:.2f}x with torch's default dense kernels"
+    )
     print(
         f"  the {arguments.layers} FFF layers inside fffcore's model: {results['fff_inside_model_ms']:.1f} ms "
         f"({results['fff_share_of_model']:.0%} of its time); alone on fresh inputs: {results['fff_alone_ms']:.1f} ms"
     )
     print(f"fine-tuning step, batch 8, sequence {SEQUENCE} (forward, loss, backward, SGD):")
     for name, value in results["finetune_step_batch8_seq128_ms"].items():
-        print(f"  {name:<8} {value:9.1f} ms")
-    print(f"  speed-up {results['finetune_speedup']:.2f}x")
+        print(f"  {CONTESTANTS[name]:<52} {value:9.1f} ms")
+    print(
+        f"  speed-up {results['finetune_speedup']:.2f}x; "
+        f"{results['finetune_speedup_torch_dropout']:.2f}x with torch's own dropout"
+    )
     if arguments.json is not None:
         with open(arguments.json, "x", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

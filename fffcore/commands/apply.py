@@ -14,6 +14,8 @@ import shlex
 import sys
 from typing import Any
 
+from fffcore.wording import counted
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -89,7 +91,7 @@ def run(arguments: argparse.Namespace) -> int:
             )
             if not plan.missing:
                 apply.mark_complete(plan)
-                print(f"fff apply: nothing to do: all {plan.chunks} chunks of {plan.output} are written")
+                print(f"fff apply: nothing to do: all {counted(plan.chunks, 'chunk')} of {plan.output} are written")
                 return 0
         except (ValueError, TypeError) as error:
             print(f"fff apply: {error}", file=sys.stderr)
@@ -100,8 +102,8 @@ def run(arguments: argparse.Namespace) -> int:
             print("fff apply: interrupted before any chunk was computed", file=sys.stderr)
         else:
             print(
-                f"fff apply: interrupted; {apply.written_chunks(plan)} of {plan.chunks} chunks are written and kept; "
-                f"to continue: {_resume_command(arguments)}",
+                f"fff apply: interrupted; {apply.written_chunks(plan)} of {counted(plan.chunks, 'chunk')} are written "
+                f"and kept; to continue: {_resume_command(arguments)}",
                 file=sys.stderr,
             )
         return 130
@@ -120,9 +122,10 @@ def _compute(arguments: argparse.Namespace, source: Any, params: Any, plan: Any)
             print(f"fff apply: cannot reach the scheduler {arguments.scheduler}: {error}", file=sys.stderr)
             return 2
         print(
-            f"fff apply: {source.shape[0]} rows in {plan.chunks} chunks of {plan.chunk_rows} rows"
+            f"fff apply: {counted(source.shape[0], 'row')} in {counted(plan.chunks, 'chunk')} of "
+            f"{counted(plan.chunk_rows, 'row')}"
             + (f", {plan.done} written before" if plan.done else "")
-            + f"; {len(client.scheduler_info(n_workers=-1)['workers'])} workers"
+            + f"; {counted(len(client.scheduler_info(n_workers=-1)['workers']), 'worker')}"
             + (f"; dashboard {client.dashboard_link}" if arguments.dashboard else ""),
             file=sys.stderr,
         )
@@ -146,9 +149,9 @@ def _compute(arguments: argparse.Namespace, source: Any, params: Any, plan: Any)
         if client is not None:
             _close(client, quiet=interrupted)
     print(
-        f"fff apply: {summary.rows} rows ({summary.chunks_computed} chunks computed, {summary.chunks_before} "
-        f"written before) in {summary.seconds:.1f} s: {summary.rows_per_second:,.0f} rows/s on "
-        f"{summary.workers} workers -> {plan.output}"
+        f"fff apply: {counted(summary.rows, 'row')} ({counted(summary.chunks_computed, 'chunk')} computed, "
+        f"{summary.chunks_before} written before) in {summary.seconds:.1f} s: {summary.rows_per_second:,.0f} rows/s "
+        f"on {counted(summary.workers, 'worker')} -> {plan.output}"
     )
     return 0
 
@@ -264,6 +267,6 @@ def _progress(stream: Any) -> Any:
         step = 20 * done // total
         if bar.interactive or step != shown[0] or done == total:
             shown[0] = step
-            bar(done, total, f"{done}/{total} chunks")
+            bar(done, total, f"{done}/{counted(total, 'chunk')}")
 
     return update

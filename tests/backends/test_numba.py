@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -310,6 +311,7 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache_and_honours_numb
         fffcore.cmm(x[:10], params, backend="numba")
         y = fffcore.fff(x, params, backend="numba")
         fffcore.cmm(x, params, backend="numba")
+        kernels.wait_for_blocked_walks()  # loaded on a thread of its own, meanwhile the row groups served
         stats = kernels.cache_statistics()
         print(json.dumps({"y": y.tolist(), "threads": numba.get_num_threads(), **stats}))
         """.replace("ROWS", str(BLOCKED_ROWS)),
@@ -413,16 +415,41 @@ def test_thread_choice_tries_both_then_takes_the_faster_and_retries_the_other_la
     choice.record(100, True, 100 * 2e-6)
     assert choice.parallel(64)  # the same size class (64..127 rows)
     assert choice.parallel(128) and choice.parallel(32)  # other classes start over: parallel first
-    now[0] += 2 * choice.RETRY_MIN_S  # serial last ran a while ago: re-measured once
-    assert not choice.parallel(100)
+    now[0] += 2 * choice.RETRY_MIN_S  # serial last ran a while ago, but only 2 calls ago
+    assert choice.parallel(100)
+    for _ in range(choice.RETRY_CALLS - 2):
+        choice.record(100, True, 100 * 2e-6)
+    assert choice.parallel(100)  # 19 calls without serial: not yet
+    choice.record(100, True, 100 * 2e-6)
+    assert not choice.parallel(100)  # a while and 20 calls: serial is re-measured once
     for _ in range(4):  # the machine changed: serial is now faster
         choice.record(100, False, 100 * 1e-6)
     assert choice.per_row[(7, False)] < choice.per_row[(7, True)]
-    assert choice.parallel(100)  # parallel last ran 100 ms ago: its retry is due
+    assert not choice.parallel(100)  # serial now; parallel ran 4 calls ago
+    for _ in range(choice.RETRY_CALLS - 4):
+        choice.record(100, False, 100 * 1e-6)
+    now[0] += 2 * choice.RETRY_MIN_S
+    assert choice.parallel(100)  # a while and 20 calls: parallel's retry is due
     choice.record(100, True, 100 * 2e-6)  # right after serial calls: wakes the helpers, not counted
     assert choice.parallel(100)  # so the next call runs parallel too
     choice.record(100, True, 100 * 2e-6)
     assert not choice.parallel(100)  # serial until the next retry
+
+
+def test_thread_choice_retries_a_layer_called_now_and_then_once_in_20_calls(monkeypatch):
+    # A layer inside a model runs once per forward pass, long after its last call: the retry waits
+    # for calls as well as time, or the two variants would take turns.
+    now = [0.0]
+    monkeypatch.setattr(calls.time, "monotonic", lambda: now[0])
+    choice = calls.ThreadChoice()
+    ran = []
+    for _ in range(200):
+        now[0] += 0.1  # 100 ms between calls
+        parallel = choice.parallel(128)
+        ran.append(parallel)
+        choice.record(128, parallel, 128 * (2e-6 if parallel else 1e-6))  # serial the faster
+    settled = ran[10:]
+    assert sum(settled) <= 2 * len(settled) / choice.RETRY_CALLS + 2  # each retry: a waking call and a timed one
 
 
 def test_thread_choice_does_not_count_the_parallel_call_that_wakes_the_helpers():
@@ -595,3 +622,50 @@ def test_numba_num_threads_zero_says_to_set_a_positive_number_not_to_reinstall()
     assert calls_gave["named"].startswith(
         "BackendUnavailableError: backend 'numba' is unavailable: NUMBA_NUM_THREADS=0"
     )
+
+
+def test_large_batches_run_the_row_groups_while_the_blocked_walk_compiles(monkeypatch):
+    # A process without the blocked walk serves large batches with the row-group kernel (the same
+    # bits) and compiles the walk on another thread, then runs it.
+    params = FFFParams.random(16, 4, 5, 2, seed=14)
+    x = np.random.default_rng(15).standard_normal((BLOCKED_MIN_ROWS + 3, 16)).astype(np.float32)
+    expected_y = fffcore.fff(x, params, backend="numba")
+    expected_paths = fffcore.cmm(x, params, backend="numba")
+    monkeypatch.setattr(kernels, "_walks_ready", set())
+    monkeypatch.setattr(kernels, "_walk_threads", {})
+    walks = []
+    real_run_blocked = kernels._run_blocked
+    monkeypatch.setattr(kernels, "_run_blocked", lambda *args: walks.append(1) or real_run_blocked(*args))
+
+    assert np.array_equal(fffcore.fff(x, params, backend="numba"), expected_y)
+    assert walks == [] and len(kernels._walk_threads) == 1  # the row groups served; the walk compiles
+    kernels.wait_for_blocked_walks()
+    assert not kernels.compiling_blocked_walk()
+    assert np.array_equal(fffcore.fff(x, params, backend="numba"), expected_y)
+    logits, nodes = fffcore.cmm(x, params, backend="numba")
+    assert np.array_equal(logits, expected_paths[0]) and np.array_equal(nodes, expected_paths[1])
+    assert walks == [1, 1] and len(kernels._walk_threads) == 1  # then the walk, for fff and cmm alike
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_fork_waits_for_the_blocked_walk_compiling_so_that_the_child_can_compile(monkeypatch):
+    params = FFFParams.random(16, 4, 5, 1, seed=16)
+    x = np.random.default_rng(17).standard_normal((BLOCKED_MIN_ROWS, 16)).astype(np.float32)
+    monkeypatch.setattr(kernels, "_walks_ready", set())
+    monkeypatch.setattr(kernels, "_walk_threads", {})
+    real = kernels.walk_tree.parallel
+
+    class SlowToCompile:  # the walk is in the disk cache here: loading it would take a moment only
+        def compile(self, signature):
+            time.sleep(1.0)
+            return real.compile(signature)
+
+    monkeypatch.setattr(kernels, "walk_tree", kernels.walk_tree._replace(parallel=SlowToCompile()))
+    fffcore.fff(x, params, backend="numba")  # starts compiling the walk on its own thread
+    assert kernels.compiling_blocked_walk()
+    pid = os.fork()
+    if pid == 0:  # the child: exits at once (had the parent's compile been cut, numba's lock would be held)
+        os._exit(0)
+    assert not kernels.compiling_blocked_walk()  # the fork waited for the compile to end
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -38,3 +38,20 @@ def test_the_results_file_must_be_new(tmp_path, capsys):
         study.main([str(tmp_path), "--json", str(existing)])
     assert stopped.value.code == 2 and "exists" in capsys.readouterr().err
     assert existing.read_text() == "{}"
+
+
+def test_a_patched_contestant_restores_what_it_changed_even_when_it_fails():
+    import types
+
+    module = types.SimpleNamespace(flag=True)
+    seen = []
+    study.patched(module, "flag", False, lambda: seen.append(module.flag))()
+    assert seen == [False] and module.flag is True
+
+    def fail():
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        study.patched(module, "flag", False, fail)()
+    assert module.flag is True
+    assert study.speedup({"paper": [4.0, 9.0, 6.0], "fffcore": [2.0, 3.0, 1.0]}, "fffcore") == 3.0

@@ -47,14 +47,19 @@ class TestNumba:
             fffcore.cmm(x, params, backend="numba")
         assert cache_statistics() == before  # nothing compiled or loaded after the warm-up
 
-    def test_a_slow_first_call_is_announced_once_while_it_runs(self, monkeypatch, caplog):
+    def test_a_slow_first_call_is_announced_once_per_dtype_while_it_runs(self, monkeypatch, caplog):
         monkeypatch.setattr(self.calls, "NOTICE_AFTER_S", 0.02)
         monkeypatch.setattr(self.calls, "_first_calls_seen", set())
+        monkeypatch.setattr(self.calls, "_announced_dtypes", set())
         with caplog.at_level(logging.WARNING, logger="fffcore.backends.numba"):
             self.calls._first_call("fff test", "float32", lambda: time.sleep(0.3))
-            self.calls._first_call("fff test", "float32", lambda: time.sleep(0.3))  # announced already
-            self.calls._first_call("cmm test", "float32", lambda: None)  # fast: nothing compiled, nothing said
+            self.calls._first_call("fff test", "float32", lambda: time.sleep(0.3))  # its second call
+            self.calls._first_call("cmm test", "float32", lambda: time.sleep(0.3))  # float32 announced already
+            self.calls._first_call("cmm fast", "float32", lambda: None)  # fast: nothing compiled, nothing said
+            self.calls._first_call("fff test", "float64", lambda: time.sleep(0.3))
         messages = [record.getMessage() for record in caplog.records]
-        assert len(messages) == 1, messages
-        assert "numba is compiling its float32 fff test kernel on first use" in messages[0]
+        assert len(messages) == 2, messages
+        assert "numba is compiling its float32 kernels (first: fff test) on first use" in messages[0]
+        assert "float64 kernels" in messages[1]
+        assert f"about {self.calls.COMPILE_ALL_S} s" in messages[0]
         assert "fff warmup" in messages[0] and self.calls.cache_location().split(" ")[0] in messages[0]

@@ -26,6 +26,7 @@ pytest.importorskip("transformers", reason="the UltraFastBERT models need transf
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification  # noqa: E402
 
 import fffcore.ultrafastbert as ultrafastbert  # noqa: E402
+import fffcore.ultrafastbert_model as model_code  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "ultrafastbert"
 MLM = ["mlm-1tree", "mlm-2trees"]
@@ -230,3 +231,46 @@ def test_a_folder_without_weights_is_refused(tmp_path):
     (tmp_path / "config.json").write_bytes((DATA / "mlm-1tree" / "config.json").read_bytes())
     with pytest.raises(FileNotFoundError, match=r"neither model\.safetensors nor pytorch_model\.bin"):
         ultrafastbert.UltraFastBERTForMaskedLM.from_pretrained(tmp_path)
+
+
+def test_dropout_keeps_each_entry_with_probability_one_minus_p_scaled():
+    p = 0.25
+    x = (torch.rand(1000, 1000, dtype=torch.float64) + 1.0).requires_grad_()  # no entry is 0
+    torch.manual_seed(0)
+    y = model_code.Dropout(p).train()(x)
+    kept = y != 0
+    # kept entries: Binomial(10**6, 0.75), standard deviation 433; six of them bound a fair draw
+    assert abs(int(kept.sum()) - 750_000) <= 6 * 433
+    assert torch.equal(y[kept], (x * (1 / (1 - p)))[kept])
+    (y * 3.0).sum().backward()
+    assert torch.equal(x.grad, kept.to(x.dtype) * 3.0 / (1 - p))
+    assert model_code.Dropout(p).eval()(x) is x and model_code.Dropout(0.0).train()(x) is x
+    assert not model_code.Dropout(1.0).train()(x).any()
+
+
+def test_attention_in_training_computes_what_the_fused_kernel_does(monkeypatch):
+    # With dropout in training, attention runs its own steps (so that its dropout is the faster one);
+    # without the dropout itself they are the fused kernel's, within float64 rounding.
+    torch.manual_seed(3)
+    attention = model_code.SelfAttention(32, 4, 0.1).double()
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    mask = (1.0 - torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1] * 7])[:, None, None, :].double()) * -10000.0
+    expected = attention.eval()(x, mask)
+    monkeypatch.setattr(model_code, "dropout", lambda values, p, training: values)
+    got = attention.train()(x, mask)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-14 * float(expected.abs().max()))
+
+
+def test_linear_runs_onednn_without_autograd_and_torch_with_it():
+    torch.manual_seed(4)
+    layer = model_code.Linear(96, 200)
+    x = torch.randn(3, 50, 96)
+    expected = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+    with torch.inference_mode():
+        fast = layer(x)
+    # float32 sums of 96 products and a bias: each within 97 roundings (2**-24) of the sum of magnitudes
+    magnitudes = torch.nn.functional.linear(x.double().abs(), layer.weight.double().abs(), layer.bias.double().abs())
+    assert bool(((fast.double() - expected).abs() <= 97 * 2.0**-24 * magnitudes).all())
+    tracked = layer(x)
+    assert tracked.grad_fn is not None
+    assert torch.equal(tracked, torch.nn.functional.linear(x, layer.weight, layer.bias))
