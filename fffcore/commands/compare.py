@@ -158,6 +158,7 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.dry_run:
         print(_case_plan(cases, row_caps))
         return 0
+    _prepare_kernels(cases)
     load_before = load_average()
     started = time.perf_counter()
     results = run_comparison(
@@ -241,6 +242,28 @@ def _compare_with_previous(results: list[Any], previous: dict[str, Any], thresho
     if regressions:
         print(f"fff compare: {len(regressions)} FFF rows fell by more than {threshold:.0%}", file=sys.stderr)
     return not regressions
+
+
+def _prepare_kernels(cases: list[Any]) -> None:
+    """Compile (or load) the FFF backends' kernels for the cases' dtypes before anything is timed
+    (``fffcore.warmup``), so that no timing waits for a compiler, nor runs beside one."""
+    import fffcore
+
+    timed = {c.implementation.split(":", 1)[1] for c in cases if c.implementation.startswith("fff:")}
+    rows = [row for row in fffcore.list_backends() if row.available and row.name in timed]
+    backends = sorted(row.name for row in rows)
+    dtypes = sorted({c.shape.dtype for c in cases} & {dtype for row in rows for dtype in row.dtypes})
+    if not backends or not dtypes:
+        return
+    started = time.perf_counter()
+    fffcore.warmup(dtypes=dtypes, backends=backends)
+    seconds = time.perf_counter() - started
+    if seconds > 1.0:
+        print(
+            f"fff compare: compiled the kernels first, in {seconds:.0f} s (numba keeps them on disk; "
+            "`fff warmup` does it ahead of time)",
+            file=sys.stderr,
+        )
 
 
 def _case_plan(cases: list[Any], row_caps: dict[str, int]) -> str:

@@ -92,3 +92,21 @@ def test_backends_json_into_a_closed_pipe_stops_quietly():
     _, error = writer.communicate(timeout=120)
     assert b"BrokenPipeError" not in error and b"Traceback" not in error, error.decode()
     assert writer.returncode == 1
+
+
+def test_compare_prepares_the_timed_backends_kernels_before_timing(monkeypatch):
+    import fffcore
+    from fffcore.benchmarks.cases import Case, paper_shapes
+    from fffcore.commands import compare
+
+    asked = []
+    monkeypatch.setattr(fffcore, "warmup", lambda dtypes, backends: asked.append((dtypes, backends)))
+    shapes = paper_shapes((1,)) + paper_shapes((1,), dtype="float64")
+    cases = [Case(shape, name) for shape in shapes for name in ("fff:numba", "fff:no-such-backend", "dense:numpy")]
+    numba_here = any(row.name == "numba" and row.available for row in fffcore.list_backends())
+    compare._prepare_kernels(cases)
+    # available FFF backends only, for the cases' dtypes
+    assert asked == ([(["float32", "float64"], ["numba"])] if numba_here else [])
+    asked.clear()
+    compare._prepare_kernels([Case(shapes[0], "dense:numpy")])
+    assert asked == []
