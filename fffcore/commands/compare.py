@@ -248,6 +248,7 @@ def _prepare_kernels(cases: list[Any]) -> None:
     """Compile (or load) the FFF backends' kernels for the cases' dtypes before anything is timed
     (``fffcore.warmup``), so that no timing waits for a compiler, nor runs beside one."""
     import fffcore
+    from fffcore.warmup import warmup
 
     timed = {c.implementation.split(":", 1)[1] for c in cases if c.implementation.startswith("fff:")}
     rows = [row for row in fffcore.list_backends() if row.available and row.name in timed]
@@ -256,7 +257,7 @@ def _prepare_kernels(cases: list[Any]) -> None:
     if not backends or not dtypes:
         return
     started = time.perf_counter()
-    fffcore.warmup(dtypes=dtypes, backends=backends)
+    warmup(dtypes=dtypes, backends=backends)
     seconds = time.perf_counter() - started
     if seconds > 1.0:
         print(

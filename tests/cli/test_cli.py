@@ -100,7 +100,8 @@ def test_compare_prepares_the_timed_backends_kernels_before_timing(monkeypatch):
     from fffcore.commands import compare
 
     asked = []
-    monkeypatch.setattr(fffcore, "warmup", lambda dtypes, backends: asked.append((dtypes, backends)))
+    warmup_module = sys.modules["fffcore.warmup"]
+    monkeypatch.setattr(warmup_module, "warmup", lambda dtypes, backends: asked.append((dtypes, backends)))
     shapes = paper_shapes((1,)) + paper_shapes((1,), dtype="float64")
     cases = [Case(shape, name) for shape in shapes for name in ("fff:numba", "fff:no-such-backend", "dense:numpy")]
     numba_here = any(row.name == "numba" and row.available for row in fffcore.list_backends())
