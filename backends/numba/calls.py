@@ -69,10 +69,10 @@ class ThreadChoice:
     and :data:`RETRY_CALLS` calls of the size class have run without it, so it is re-measured at
     a cost of about 5% of the time and of the calls at most (a layer called once per forward pass
     of a model, between other work, would otherwise flip variants on every call), and a machine
-    whose load changes is followed within a fraction of a second or 20 calls. A parallel call that is the first of its
-    size class, or right after serial ones, may find numba's helper threads asleep or not yet
-    started (they sleep after a fraction of a millisecond without work), so it is not counted,
-    and the next call runs parallel too and is.
+    whose load changes is followed within a fraction of a second or 20 calls. A parallel call
+    that is the first of its size class, or right after serial ones, may find numba's helper
+    threads asleep or not yet started (they sleep after a fraction of a millisecond without
+    work), so it is not counted, and the next call runs parallel too and is.
     """
 
     SAMPLES = 8
@@ -199,7 +199,7 @@ def cmm_rows(x: Any, params: FFFParams) -> tuple[np.ndarray, np.ndarray]:
     if count < sizes.BLOCKED_MIN_ROWS:
         groups = lambda parallel: kernels.cmm_rows.run(parallel, rows, w_in, b_in, has_bias)  # noqa: E731
         return _run(groups, count, params, "cmm rows", serial_in_pool=False)
-    if not _blocked_walk_here(rows, arguments, kernels.cmm_rows):
+    if not _blocked_walk_here(rows, params, arguments, kernels.cmm_rows):
         return _until_blocked(rows, arguments, "cmm", lambda: kernels.cmm_rows.serial(rows, w_in, b_in, has_bias))
     blocked = lambda parallel: kernels.run_cmm(rows, w_in, b_in, has_bias, parallel=parallel)  # noqa: E731
     return _run(blocked, count, params, "cmm blocked", serial_in_pool=True)
@@ -213,17 +213,27 @@ def fff_rows(x: Any, params: FFFParams) -> np.ndarray:
     if count < sizes.BLOCKED_MIN_ROWS:
         groups = lambda parallel: kernels.fff_rows.run(parallel, rows, *arguments)  # noqa: E731
         return _run(groups, count, params, "fff rows", serial_in_pool=False)
-    if not _blocked_walk_here(rows, arguments, kernels.fff_rows):
+    if not _blocked_walk_here(rows, params, arguments, kernels.fff_rows):
         return _until_blocked(rows, arguments, "fff", lambda: kernels.fff_rows.serial(rows, *arguments))
     blocked = lambda parallel: kernels.run_fff(rows, *arguments, parallel=parallel)  # noqa: E731
     return _run(blocked, count, params, "fff blocked", serial_in_pool=True)
 
 
-def _blocked_walk_here(rows: np.ndarray, arguments: tuple[Any, ...], row_kernels: Any) -> bool:
+#: Layers whose blocked walk this process has, for aligned rows (the read-only C-contiguous rows of the
+#: layer's dtype that every call passes): asked once, rather than deriving the walk's types on every call.
+_walk_ready_for: weakref.WeakSet[FFFParams] = weakref.WeakSet()
+
+
+def _blocked_walk_here(rows: np.ndarray, params: FFFParams, arguments: tuple[Any, ...], row_kernels: Any) -> bool:
     """Whether a large batch can run the blocked walk now. While it compiles, the row-group kernel
     serves instead, unless that would have to compile too: numba compiles one function at a time, so
     that would wait for the walk anyway, and the call waits for the walk and runs it."""
+    aligned = rows.flags.aligned
+    if aligned and params in _walk_ready_for:
+        return True
     if kernels.blocked_walk_ready(rows, *arguments[:4]):
+        if aligned:
+            _walk_ready_for.add(params)
         return True
     if kernels.compiling_blocked_walk() and not kernels.compiled_for(row_kernels, rows.dtype.name):
         kernels.wait_for_blocked_walks()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -633,6 +634,7 @@ def test_large_batches_run_the_row_groups_while_the_blocked_walk_compiles(monkey
     expected_paths = fffcore.cmm(x, params, backend="numba")
     monkeypatch.setattr(kernels, "_walks_ready", set())
     monkeypatch.setattr(kernels, "_walk_threads", {})
+    monkeypatch.setattr(calls, "_walk_ready_for", weakref.WeakSet())
     walks = []
     real_run_blocked = kernels._run_blocked
     monkeypatch.setattr(kernels, "_run_blocked", lambda *args: walks.append(1) or real_run_blocked(*args))
@@ -653,6 +655,7 @@ def test_a_fork_waits_for_the_blocked_walk_compiling_so_that_the_child_can_compi
     x = np.random.default_rng(17).standard_normal((BLOCKED_MIN_ROWS, 16)).astype(np.float32)
     monkeypatch.setattr(kernels, "_walks_ready", set())
     monkeypatch.setattr(kernels, "_walk_threads", {})
+    monkeypatch.setattr(calls, "_walk_ready_for", weakref.WeakSet())
     real = kernels.walk_tree.parallel
 
     class SlowToCompile:  # the walk is in the disk cache here: loading it would take a moment only
