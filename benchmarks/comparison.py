@@ -14,6 +14,7 @@ import numpy as np
 
 from fffcore.benchmarks.cases import Case, Shape
 from fffcore.benchmarks.check import CheckResult, check_fff_output
+from fffcore.benchmarks.cpu_use import others_cores, read_cpu_use
 from fffcore.benchmarks.implementations import Prepared, Unavailable, prepare
 from fffcore.benchmarks.roofline import Traffic, fff_traffic, probe_size, read_bandwidth
 from fffcore.benchmarks.timing import BUDGET_SECONDS, REPEATS, Timing, time_call
@@ -47,6 +48,8 @@ class Result:
         traffic: for fffcore backends, the least a call must move and compute (:mod:`.roofline`).
         bandwidth: bytes per second this machine reads from a working set of the traffic's size,
             and how that was measured (set by :func:`add_bandwidth`, after the timings).
+        others_cores: cores' worth of busy time other processes took while it was timed
+            (:mod:`.cpu_use`; None where the OS does not tell).
     """
 
     case: Case
@@ -60,6 +63,7 @@ class Result:
     check: CheckResult | None = None
     traffic: Traffic | None = None
     bandwidth: tuple[float, str] | None = None
+    others_cores: float | None = None
 
     @property
     def achieved_bandwidth(self) -> float | None:
@@ -190,11 +194,15 @@ def run_case(
     prepared = _prepare(case, rows)
     if isinstance(prepared, Result):
         return prepared
+    before = read_cpu_use()
     try:
         timing: Timing | Exception = time_call(prepared.call, repeats=repeats, budget=budget, after_each=after_each)
     except Exception as error:  # a broken implementation must not end the whole comparison
         timing = error
-    return _checked(prepared, timing)
+    others = others_cores(before, read_cpu_use())
+    result = _checked(prepared, timing)
+    result.others_cores = others
+    return result
 
 
 def _prepare(case: Case, rows: int | None) -> Prepared | Result:
@@ -285,6 +293,26 @@ UNSTEADY_SPREAD = 0.25
 #: Dense layers narrower than this cost mostly their fixed overheads (two BLAS calls and several
 #: activation passes per call), which a limit that counts neurons leaves out.
 NARROW_DENSE = 32
+
+
+#: Other processes holding at least this many cores' worth of busy time while a case ran slowed it:
+#: half a core is enough to take a core from a call that wants every core, part of the time.
+BUSY_OTHERS_CORES = 0.5
+
+
+def behind_under_load(results: Sequence[Result]) -> list[Result]:
+    """The timed FFF results slower than the best dense layer of some width while other processes held
+    at least :data:`BUSY_OTHERS_CORES` cores: their times say more about the machine's load than about them."""
+    behind = []
+    for result in results:
+        if result.kind != "fff" or not result.timed or result.others_cores is None:
+            continue
+        slower = any(
+            ratio is not None and ratio < 1 for key, ratio in speedups(results, result).items() if key != "reference"
+        )
+        if slower and result.others_cores >= BUSY_OTHERS_CORES:
+            behind.append(result)
+    return behind
 
 
 def suspect_ratios(results: Sequence[Result], result: Result) -> list[dict[str, Any]]:

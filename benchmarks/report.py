@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from fffcore.benchmarks.cases import Shape
-from fffcore.benchmarks.comparison import OK, WRONG, Result, shapes_of, speedups, suspect_ratios
+from fffcore.benchmarks.comparison import (
+    OK,
+    WRONG,
+    Result,
+    behind_under_load,
+    shapes_of,
+    speedups,
+    suspect_ratios,
+)
 from fffcore.benchmarks.roofline import probe_size
+from fffcore.benchmarks.timing import Timing
 from fffcore.files import write_atomically
 
 JSON_FORMAT = "fffcore-compare/1"
@@ -53,6 +62,18 @@ def format_speedup(value: float | None) -> str:
     return "-" if value is None else f"{three_digits(value)}x"
 
 
+def format_spread(timing: Timing) -> str:
+    """Where the middle half of the samples lies around their median: ``-2%/+3%``; an upper quartile
+    twice the median or more as a factor, ``-5%/x3.4``, which reads better than ``+240%``."""
+    median = timing.median
+    if median <= 0:
+        return "-"
+    q1, q3 = timing.quartiles
+    upper = q3 / median
+    high = f"x{upper:.1f}" if upper >= 2 else f"+{100 * (upper - 1):.0f}%"
+    return f"-{100 * (1 - q1 / median):.0f}%/{high}"
+
+
 def format_table(results: Sequence[Result]) -> str:
     """One block per shape: time per call (median, IQR spread), rows/s, per-row speedups, check, notes."""
     blocks = [
@@ -79,6 +100,7 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
     ]
     table = []
     notes = []
+    impossible_shares: list[str] = []
     for result in rows:
         if result.status not in (OK, WRONG):
             notes.append(f"{result.case.implementation}: {result.status}: {result.reason}")
@@ -105,10 +127,7 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
             )
         share = result.bandwidth_share
         if share is not None and share > 1:
-            notes.append(
-                f"? {result.case.implementation}: {100 * share:.0f}% of the measured bandwidth is impossible: the "
-                "bandwidth probe was disturbed (another process held a core while it read); not a result to quote"
-            )
+            impossible_shares.append(result.case.implementation)
         check = "ok" if result.check is not None else "n/a"
         table.append(
             [
@@ -117,7 +136,7 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                 check,
                 rows_text,
                 format_seconds(result.timing.median),
-                f"±{100 * result.timing.spread / 2:.0f}%",
+                format_spread(result.timing),
                 format_rate(result.rows_per_second),
                 *[
                     format_speedup(ratios[f"dense{h}"]) + ("?" if f"dense{h}" in suspects else "")
@@ -142,23 +161,66 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
                     for i, (c, w) in enumerate(zip(row, widths, strict=True))
                 )
             )
+    if impossible_shares:
+        notes.append(
+            f"? of bw above 100% ({', '.join(impossible_shares)}): the bandwidth probe ran slow (other processes "
+            "held a core while it read); not a result to quote"
+        )
     lines.extend(dict.fromkeys(notes))
     return "\n".join(lines)
 
 
-def legend(threads: dict[str, str]) -> str:
-    """What the columns mean and how the run was pinned."""
-    pinned = "; ".join(f"{pool}: {count}" for pool, count in threads.items())
+#: The legend's entries: a column (or mark) and what it means, each wrapped on its own.
+LEGEND = (
+    ("time/call", "median of the samples; spread: their quartiles around it (xN: N times the median)"),
+    (
+        "vs",
+        "speedup per row, within this run; 'vs dense H': over the fastest dense layer of H hidden neurons "
+        "(numpy or torch, one thread or all)",
+    ),
+    ("check", "ok: agrees with the float64 oracle within derived rounding bounds; n/a: a dense layer"),
+    ("GB/s", "the least a call must move (x, y, each visited weight row once), per second"),
+    ("GFLOP/s", "the least floating-point work of a call (dot products and output sums), per second"),
+    ("of bw", "the GB/s over what this machine reads per second from a working set of the same size"),
+    ("?", "above the theoretical limit (or of bw above 100%): not a result; its note says why"),
+)
+#: Width of the legend where the terminal's is unknown (a log, a pipe), and the widest it gets.
+LEGEND_COLUMNS = 100
+
+
+def legend(threads: dict[str, str], columns: int | None = None) -> str:
+    """What the columns mean and how the run was pinned, wrapped at ``columns`` (the terminal's width,
+    at most :data:`LEGEND_COLUMNS`) with each meaning indented under the next."""
+    import shutil
+    import textwrap
+
+    width = columns or min(LEGEND_COLUMNS, shutil.get_terminal_size((LEGEND_COLUMNS, 24)).columns)
+    entries = [*LEGEND, ("threads", "; ".join(f"{pool}: {count}" for pool, count in threads.items()))]
+    indent = 2 + max(len(name) for name, _ in entries)
+    lines = []
+    for name, meaning in entries:
+        lines.extend(
+            textwrap.wrap(
+                meaning,
+                width=max(width, indent + 20),
+                initial_indent=name.ljust(indent),
+                subsequent_indent=" " * indent,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(lines)
+
+
+def load_warning(results: Sequence[Result], cores: int) -> str | None:
+    """One line naming the FFF rows that fell behind dense while other processes held cores, or None."""
+    behind = behind_under_load(results)
+    if not behind:
+        return None
+    busiest = max(r.others_cores or 0.0 for r in behind)
+    where = ", ".join(f"{r.case.implementation} at {r.case.shape.batch} rows" for r in behind)
     return (
-        "time/call: median over the samples; spread: half the interquartile range, relative to the median; "
-        "rows/s and 'vs' speedups per row, within this run ('?': above the theoretical limit, not a result; "
-        "see the note); 'vs dense H' is over the fastest of the numpy and "
-        "torch dense layers of H hidden neurons, each at one thread and at all; check 'ok': the output agrees "
-        "with the float64 oracle within derived rounding bounds, 'n/a': a dense layer (another function); "
-        "GB/s: the least a call must move (x, y and each visited weight row once) over its time; GFLOP/s: its "
-        "least floating-point work (two per multiply-add of the dot products and the output sums) over its "
-        "time; of bw: the GB/s over what this machine reads per second from a working set of the same size, "
-        f"measured after the timings.\nthreads: {pinned}"
+        f"warning: {where} fell behind dense while other processes held up to {busiest:.1f} of {cores} cores: "
+        "those times show the machine's load, not the backend; rerun on an idle machine"
     )
 
 
@@ -206,6 +268,8 @@ def results_to_json(results: Sequence[Result], machine: dict[str, Any], settings
                 entry["suspect"] = suspects
         if result.check is not None:
             entry["check"] = asdict(result.check)
+        if result.others_cores is not None:
+            entry["others_cores"] = result.others_cores
         if result.traffic is not None:
             entry["roofline"] = {
                 **asdict(result.traffic),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,27 +70,36 @@ def probe_size(working_set: int) -> int:
 def read_bandwidth(nbytes: int) -> tuple[float, str]:
     """Bytes per second this machine reads from an ``nbytes`` array it reads again and again, and how.
 
-    Summed with numba on every thread numba may use (vectorised: the sum's order is free), or,
-    without numba, with numpy on one thread (which then underestimates a multi-core machine).
+    Summed with numba, vectorised (the sum's order is free), on every thread numba may use and on
+    one, the faster counting: a working set in the caches is read faster by one thread than by a
+    pool that must first be woken, and on a shared host one of the pool's threads may wait for a
+    core. Without numba, with numpy on one thread (which then underestimates a multi-core machine).
     The array is read once untimed first, so a working set that fits in the caches is measured
     from them, as a kernel calling on the same weights again would find it.
     """
     values = np.ones(max(64, nbytes // 4 // 64 * 64), dtype=np.float32)
-    if importlib.util.find_spec("numba") is not None:
-        import numba
+    if importlib.util.find_spec("numba") is None:
+        return values.nbytes / _fastest_read(np.sum, values), "numpy, 1 thread"
+    import numba
 
-        from fffcore.benchmarks.bandwidth_kernel import parallel_sum
+    from fffcore.benchmarks.bandwidth_kernel import parallel_sum
 
-        threads = numba.get_num_threads()
+    threads = numba.get_num_threads()
+    rates = {}
+    for used in sorted({1, threads}):
+        numba.set_num_threads(used)
+        try:
+            rates[used] = values.nbytes / _fastest_read(lambda array, used=used: parallel_sum(array, 4 * used), values)
+        finally:
+            numba.set_num_threads(threads)
+    best = max(rates, key=rates.__getitem__)
+    return rates[best], f"numba, {best} thread" + ("s" if best > 1 else "")
 
-        def kernel(array: np.ndarray) -> float:
-            return parallel_sum(array, 4 * threads)
 
-        how = f"numba, {threads} threads"
-    else:
-        kernel = np.sum
-        how = "numpy, 1 thread"
-    kernel(values)  # compile (or load) and bring the array into the caches it fits in
+def _fastest_read(kernel: Callable[[np.ndarray], float], values: np.ndarray) -> float:
+    """The fewest seconds ``kernel`` took to read ``values``, over :data:`PROBE_REPEATS` reads and
+    :data:`PROBE_SECONDS` at least, after an untimed read (compiling or loading it, warming the caches)."""
+    kernel(values)
     best = float("inf")
     began = time.perf_counter()
     reads = 0
@@ -98,4 +108,4 @@ def read_bandwidth(nbytes: int) -> tuple[float, str]:
         kernel(values)
         best = min(best, time.perf_counter() - start)
         reads += 1
-    return values.nbytes / best, how
+    return best

@@ -11,6 +11,7 @@ compile), quiet output; the minimal failing example is printed by us, as a
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,10 +101,12 @@ def run_property(
             prop.check(target, case)
         except PropertyFailure as failure:
             failure.case = case  # type: ignore[attr-defined]
+            _drop_frames(failure)
             raise
         except Exception as error:
             failure = PropertyFailure(f"{type(error).__name__}: {error}")
             failure.case = case  # type: ignore[attr-defined]
+            _drop_frames(error)
             raise failure from error
 
     start = time.perf_counter()
@@ -224,3 +227,16 @@ def _describe_arrays(case: Case) -> list[str]:
         else:
             lines.append(f"{name} {tuple(array.shape)}{note}: {array.size} values, rebuilt by the case above")
     return lines
+
+
+def _drop_frames(error: BaseException | None) -> None:
+    """Let go of the local variables of the finished frames behind ``error`` and the errors it
+    arose from (``__context__``, ``__cause__``). Hypothesis keeps each failing example's error on
+    records that only a full garbage collection frees; through its frames, a large-batch case kept
+    its arrays alive, tens of megabytes per failing example. The report needs only the message
+    and the case."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__

@@ -18,7 +18,8 @@ class TorchBackend(Backend):
 
     The parameters are converted to torch once per (params, device) and
     cached (:func:`fffcore.backends.torch.prepared.torch_layer`); the work is
-    in :mod:`fffcore.backends.torch.kernels`.
+    in :mod:`fffcore.backends.torch.kernels`, on the CPU on one thread for small
+    calls and on torch's whole pool otherwise (:mod:`fffcore.backends.torch.threads`).
     """
 
     name = "torch"
@@ -62,18 +63,25 @@ class TorchBackend(Backend):
         from fffcore.backends.torch.conversion import compute_rows, to_input_type
         from fffcore.backends.torch.kernels import cmm_rows
         from fffcore.backends.torch.prepared import torch_layer
+        from fffcore.backends.torch.threads import run_on_cpu_threads
 
         rows = compute_rows(x, params.dtype)
-        logits, nodes = cmm_rows(rows, torch_layer(params, rows.device))
+        layer = torch_layer(params, rows.device)
+        items = rows.shape[0] * params.trees
+        logits, nodes = run_on_cpu_threads(items, rows.device.type, lambda: cmm_rows(rows, layer))
         return to_input_type(logits, x), to_input_type(nodes, x)
 
     def fff(self, x: Any, params: FFFParams) -> Any:
         from fffcore.backends.torch.conversion import compute_rows, to_input_type
         from fffcore.backends.torch.kernels import fff_rows
         from fffcore.backends.torch.prepared import torch_layer
+        from fffcore.backends.torch.threads import run_on_cpu_threads
 
         rows = compute_rows(x, params.dtype)
-        return to_input_type(fff_rows(rows, torch_layer(params, rows.device), params.activation), x)
+        layer = torch_layer(params, rows.device)
+        items = rows.shape[0] * params.trees
+        y = run_on_cpu_threads(items, rows.device.type, lambda: fff_rows(rows, layer, params.activation))
+        return to_input_type(y, x)
 
     def fff_backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
         from fffcore.backends.torch.backward import fff_backward_rows

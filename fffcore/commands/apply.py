@@ -129,9 +129,8 @@ def _compute(arguments: argparse.Namespace, source: Any, params: Any, plan: Any)
             + (f"; dashboard {client.dashboard_link}" if arguments.dashboard else ""),
             file=sys.stderr,
         )
-        progress = None if arguments.quiet else _progress(sys.stderr)
         try:
-            summary = apply.run(client, source, params, plan, arguments.backend, progress)
+            summary = _run_with_progress(client, source, params, plan, arguments.backend, arguments.quiet)
         except apply.ApplyError as error:  # every chunk computed, yet a chunk file is missing
             print(f"fff apply: {error}", file=sys.stderr)
             return 1
@@ -256,17 +255,14 @@ def _silence_dask_logs() -> None:
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
-def _progress(stream: Any) -> Any:
-    """The progress bar of ``fff compare``, moved on at each chunk on a terminal and every 5% elsewhere."""
-    from fffcore.commands.compare import ProgressBar
+def _run_with_progress(client: Any, source: Any, params: Any, plan: Any, backend: Any, quiet: bool) -> Any:
+    """``apply.run`` with its progress shown (unless ``quiet``), the bar ended before any message that follows."""
+    from fffcore import apply
+    from fffcore.commands.progress import Progress
 
-    bar = ProgressBar(stream)
-    shown = [-1]
-
-    def update(done: int, total: int) -> None:
-        step = 20 * done // total
-        if bar.interactive or step != shown[0] or done == total:
-            shown[0] = step
-            bar(done, total, f"{done}/{counted(total, 'chunk')}")
-
-    return update
+    progress = None if quiet else Progress(sys.stderr, unit="chunk", description="fff apply")
+    try:
+        return apply.run(client, source, params, plan, backend, progress)
+    finally:
+        if progress is not None:
+            progress.close()

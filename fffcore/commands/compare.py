@@ -11,7 +11,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 #: Batch sizes of the default run at the paper's setting: the paper's own. The
 #: whole default run (built-in CPU backends, dense baselines at one thread and at
@@ -102,7 +102,8 @@ def run(arguments: argparse.Namespace) -> int:
         pin_threads,
         thread_settings,
     )
-    from fffcore.benchmarks.report import format_table, legend, results_to_json, write_json
+    from fffcore.benchmarks.report import format_table, legend, load_warning, results_to_json, write_json
+    from fffcore.commands.progress import Progress
 
     try:
         for option, value in (
@@ -149,7 +150,7 @@ def run(arguments: argparse.Namespace) -> int:
     cases = case_table.cases_for(shapes, backends)
     cases = [c for c in cases if c.implementation.startswith("fff:") or c.implementation.split(":")[0] in baselines]
     row_caps = {"fff:reference": arguments.reference_rows}
-    progress = None if arguments.quiet else ProgressBar(sys.stderr)
+    progress = None if arguments.quiet else Progress(sys.stderr, unit="step", description="fff compare")
     estimate = estimate_seconds(cases, row_caps, arguments.repeats, arguments.budget, threads)
     print(
         f"fff compare: {len(cases)} cases, about {_duration(estimate)} (estimated from the layer sizes)",
@@ -161,9 +162,13 @@ def run(arguments: argparse.Namespace) -> int:
     _prepare_kernels(cases)
     load_before = load_average()
     started = time.perf_counter()
-    results = run_comparison(
-        cases, row_caps=row_caps, repeats=arguments.repeats, budget=arguments.budget, progress=progress
-    )
+    try:
+        results = run_comparison(
+            cases, row_caps=row_caps, repeats=arguments.repeats, budget=arguments.budget, progress=progress
+        )
+    finally:
+        if progress is not None:  # the bar ends before the table, also when interrupted
+            progress.close()
     elapsed = time.perf_counter() - started
     add_bandwidth(results)  # after the timings, so that the probe does not disturb them
     in_force = thread_settings()  # after the run: torch and numba report once they have been imported
@@ -200,6 +205,9 @@ def run(arguments: argparse.Namespace) -> int:
         )
         loads = f"{load_before[0]:.1f}/{load_after[0]:.1f}"
         print(f"load average (1 min) before/after: {loads} on {available_cores()} cores{note}")
+    warning = load_warning(results, available_cores())
+    if warning is not None:
+        print(warning)
     failed = False
     if previous is not None:
         failed = not _compare_with_previous(results, previous, threshold, arguments.compare)
@@ -302,34 +310,6 @@ def _require_writable(path: str, option: str) -> None:
         raise ValueError(f"{option}: cannot write {path}: {error.strerror or error}") from None
     if not existed:
         target.unlink()
-
-
-class ProgressBar:
-    """A one-line progress bar on a terminal; elsewhere a line as each case starts (logs stay readable
-    and never go quiet for longer than one case)."""
-
-    WIDTH = 24
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.started = time.perf_counter()
-        self.interactive = stream.isatty()
-        self.last_label = ""
-
-    def __call__(self, done: int, total: int, label: str) -> None:
-        filled = self.WIDTH * done // max(total, 1)
-        elapsed = time.perf_counter() - self.started
-        line = (
-            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}% {elapsed:4.0f}s {label}"
-        )
-        if not self.interactive and label == self.last_label and done != total:
-            return  # in a log, a line per case
-        self.last_label = label
-        if self.interactive:
-            self.stream.write("\r\033[K" + line[:200] + ("\n" if done == total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 def _duration(seconds: float) -> str:

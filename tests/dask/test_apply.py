@@ -62,7 +62,7 @@ def test_apply_writes_the_layer_output_to_zarr(files, tmp_path, dask_client, sou
     ), summary
 
 
-def test_apply_on_its_own_local_cluster_with_a_progress_line_per_step(files, tmp_path, capsys):
+def test_apply_on_its_own_local_cluster_with_its_progress_in_the_log(files, tmp_path, capsys):
     out = tmp_path / "y.zarr"
     arguments = [str(files["layer"]), str(files["npy"]), str(out), "--chunk-rows", "400", "--workers", "1"]
     assert main(["apply", *arguments]) == 0

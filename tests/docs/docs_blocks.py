@@ -6,7 +6,15 @@ A block is marked with an HTML comment on the line before its opening fence:
 - ``<!-- docs-test: needs PATH -->``: it needs a file or package the same page says how to make;
 - ``<!-- docs-test: needs a Dask scheduler -->``: it runs against a local cluster the test starts, whose
   address replaces the placeholder ``tcp://SCHEDULER:8786``;
+- ``<!-- docs-test: needs the Hugging Face hub -->``: its ``hf download`` commands run as written against
+  a stand-in for the hub on 127.0.0.1 (:mod:`tests.docs.local_hub`, through ``HF_ENDPOINT``, with
+  ``HF_HOME`` in a scratch folder), which serves each repository the docs test names in
+  ``HUB_REPOSITORIES`` from a small local checkpoint of the same format;
 - ``<!-- NAME:start -->``: a README set-up command that ``.ci/run`` runs as written.
+
+Unmarked blocks need nothing the docs test does not have. Every command runs as written; the
+environment the docs test adds (the stand-in hub's address, the loopback interface for
+``torch.distributed``'s gloo) is listed in ``test_docs.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ SHELL_LANGUAGES = frozenset({"sh", "bash", "console"})
 #: ``text`` marks output and file trees, which are shown, not run.
 LANGUAGES = SHELL_LANGUAGES | {"python", "toml", "dockerfile", "text"}
 GPU_MARKER = "needs a GPU"
+HUB_MARKER = "needs the Hugging Face hub"
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _MARKER = re.compile(r"^<!-- (?:docs-test: (?P<need>.+?)|(?P<ci>[\w-]+):start) -->$")
 
@@ -34,7 +43,7 @@ class Block:
     line: int
     language: str
     code: str
-    need: str | None = None  # "needs a GPU" or "needs PATH ..." from a docs-test marker
+    need: str | None = None  # "needs a GPU", "needs PATH ..." and the like, from a docs-test marker
     ci_name: str | None = None  # the README block name that .ci/run runs
 
     @property

@@ -3,7 +3,10 @@
 - Python blocks run in order in one namespace per page, as a reader pastes them, in a scratch folder.
   A block starting with a ``# path`` comment is also written to that path first (the package that
   docs/writing-a-backend.md builds), so the blocks that import it run.
-- Shell blocks run command by command, without a shell, from a scratch copy of the checkout.
+- Shell blocks run command by command, without a shell, from a scratch copy of the checkout, each in a
+  session of its own with no input, so that a command over its time limit is stopped with every
+  process it started. Their environment adds :data:`COMMAND_ENVIRONMENT` (gloo on the loopback
+  interface), and for a block that needs the hub the stand-in's address (:func:`hub_environment`).
   ``pip install`` lines are checked, not run (the test environment is already installed; the README's
   two set-up commands are run as written by ``.ci/run``): every extra they name must exist and fffcore
   itself must come from a checkout, since it is not on the package index.
@@ -20,6 +23,8 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +33,19 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from .docs_blocks import GPU_MARKER, LANGUAGES, PAGES, REPO, SHELL_LANGUAGES, Block, Command, all_blocks, commands
+from . import local_hub as local_hub_module
+from .docs_blocks import (
+    GPU_MARKER,
+    HUB_MARKER,
+    LANGUAGES,
+    PAGES,
+    REPO,
+    SHELL_LANGUAGES,
+    Block,
+    Command,
+    all_blocks,
+    commands,
+)
 
 BLOCKS = all_blocks()
 #: Commands run against a scheduler: the test starts a local cluster and puts its address in place of the placeholder.
@@ -48,6 +65,30 @@ LONG_COMMANDS: dict[str, str] = {
 }
 #: A command outside that table taking longer than this belongs in it.
 SHORT_COMMAND_SECONDS = 240
+#: How long a command over its limit has, after SIGTERM, to stop the processes it started (torchrun
+#: stops its workers) before the rest of its session is killed.
+STOP_SECONDS = 30
+#: The repositories documented ``hf download`` commands fetch, as the stand-in hub serves them: a small
+#: checkpoint of the published format (``config.json`` with its ``arch`` container, the weights under
+#: the paper's module names in both formats, a tokenizer), whose weights are random.
+HUB_REPOSITORIES: dict[str, tuple[Path, tuple[str, ...]]] = {
+    "pbelcak/UltraFastBERT-1x11-long": (
+        REPO / "tests" / "data" / "ultrafastbert" / "mlm-1tree",
+        ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json"),
+    ),
+}
+
+
+def loopback_interface() -> str | None:
+    """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS), where there is one."""
+    names = [name for _, name in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
+    return next((name for name in names if name in ("lo", "lo0")), None)
+
+
+_LOOPBACK = loopback_interface()
+#: Added to every documented command's environment. ``torch.distributed``'s gloo listens on the address
+#: of the machine's host name unless told an interface; on the loopback one it listens on 127.0.0.1.
+COMMAND_ENVIRONMENT: dict[str, str] = {"GLOO_SOCKET_IFNAME": _LOOPBACK} if _LOOPBACK else {}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 EXTRAS = set(PYPROJECT["project"]["optional-dependencies"])
 
@@ -65,6 +106,67 @@ def long_mode(command: Command) -> str:
     text = command.text
     matches = [prefix for prefix in LONG_COMMANDS if text == prefix or text.startswith(prefix + " ")]
     return LONG_COMMANDS[max(matches, key=len)] if matches else "run"
+
+
+def hub_environment(environment: dict[str, str], endpoint: str, home: Path) -> dict[str, str]:
+    """``environment`` pointed at the stand-in hub at ``endpoint``: the reader's Hugging Face settings
+    (a token, a cache, offline mode) left out, and the cache and settings in the scratch folder ``home``."""
+    kept = {name: value for name, value in environment.items() if not name.startswith(("HF_", "HUGGING"))}
+    return {**kept, "HF_ENDPOINT": endpoint, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def check_download(command: Command, checkout: Path, where: str) -> None:
+    """An ``hf download REPO --local-dir FOLDER`` command left every file of ``REPO`` in ``FOLDER``."""
+    if "--local-dir" not in command.argv:
+        return
+    folder = checkout / command.argv[command.argv.index("--local-dir") + 1]
+    source, files = HUB_REPOSITORIES[command.argv[2]]
+    for name in files:
+        fetched = folder / name
+        assert fetched.is_file(), f"{where}: {command.line!r} left no {name} in {folder.name}"
+        assert fetched.read_bytes() == (source / name).read_bytes(), f"{where}: {name} differs from the one served"
+
+
+def run_command(argv: list[str], cwd: Path, environment: dict[str, str], limit: float | None) -> tuple[int, str] | None:
+    """Run ``argv`` in a session of its own, without input: (exit status, output), or None when it ran
+    over ``limit`` seconds and was stopped, with every process of its session."""
+    with subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            stop_session(process)
+            return None
+    return process.returncode, stdout + stderr
+
+
+def stop_session(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to ``process``'s session, so that it can stop what it started (torchrun stops its workers,
+    which run in sessions of their own); SIGKILL after :data:`STOP_SECONDS`. The leader is waited for,
+    not its output, which a process it started may hold open."""
+    if not hasattr(os, "killpg"):
+        process.kill()
+        process.wait()
+        return
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sent)
+        except ProcessLookupError:
+            return  # every process of the session has ended
+        try:
+            process.wait(timeout=STOP_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def check_pip_install(command: Command, where: str) -> None:
@@ -97,6 +199,13 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def local_hub() -> Iterator[str]:
+    """The address of a stand-in for the Hugging Face hub on 127.0.0.1, serving :data:`HUB_REPOSITORIES`."""
+    with local_hub_module.serve(HUB_REPOSITORIES) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
 def fresh_modules() -> Iterator[None]:
     """Modules a page's blocks import (the package it builds) are forgotten afterwards."""
     before = set(sys.modules)
@@ -114,9 +223,16 @@ def test_every_block_has_a_language_the_test_knows() -> None:
 
 
 def test_blocks_are_excused_only_for_a_gpu_or_a_file_the_page_makes() -> None:
-    """A scheduler is not an excuse: those commands run against a local one."""
+    """A scheduler and the hub are not excuses: those commands run against a local one."""
     for block in (b for b in BLOCKS if b.need is not None):
         if block.need == GPU_MARKER:
+            continue
+        if block.need == HUB_MARKER:
+            served = sorted(HUB_REPOSITORIES)
+            for command in commands(block):
+                assert command.argv[:2] == ["hf", "download"] and command.argv[2] in served, (
+                    f"{block.where}: {command.line!r}: the stand-in hub serves `hf download` of {served}"
+                )
             continue
         if block.need == SCHEDULER_MARKER:
             assert SCHEDULER_PLACEHOLDER in block.code, f"{block.where}: name the scheduler {SCHEDULER_PLACEHOLDER}"
@@ -222,7 +338,7 @@ SHELL_COMMANDS = [
 def test_shell_commands_run(block: Block, command: Command, checkout: Path, request: pytest.FixtureRequest) -> None:
     if block.need == GPU_MARKER and not gpu_here():
         pytest.skip(f"{block.where} needs a GPU")
-    if block.need is not None and block.need not in (GPU_MARKER, SCHEDULER_MARKER):
+    if block.need is not None and block.need not in (GPU_MARKER, SCHEDULER_MARKER, HUB_MARKER):
         pytest.skip(f"{block.where} {block.need}")
     if any(b.page == block.page and b.language == "python" for b in BLOCKS):
         _, failure = run_python_blocks(block.page, checkout)  # files the page's code made, for its commands
@@ -242,18 +358,20 @@ def test_shell_commands_run(block: Block, command: Command, checkout: Path, requ
         argv += ["--collect-only", "-q"]
     elif mode == "parse":
         argv = [sys.executable, str(Path(__file__).with_name("docs_parse_only.py")), *argv]
-    environment = {**os.environ, **command.env}
+    environment = {**os.environ, **COMMAND_ENVIRONMENT, **command.env}
     # The documented words run with this interpreter's fff, python and pytest.
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    if block.need == HUB_MARKER:
+        endpoint = request.getfixturevalue("local_hub")
+        environment = hub_environment(environment, endpoint, request.getfixturevalue("tmp_path") / "hf-home")
     limit = None if full else SHORT_COMMAND_SECONDS
-    try:
-        finished = subprocess.run(
-            argv, cwd=checkout, env=environment, capture_output=True, text=True, timeout=limit, check=False
-        )
-    except subprocess.TimeoutExpired:
+    finished = run_command(argv, checkout, environment, limit)
+    if finished is None:
         pytest.fail(f"{block.where}: {command.line!r} ran over {limit} s; add it to LONG_COMMANDS with how to check it")
-    output = (finished.stdout + finished.stderr)[-4000:]
-    assert finished.returncode == 0, f"{block.where}: {command.line!r} ({mode}) exited {finished.returncode}:\n{output}"
+    returncode, output = finished
+    assert returncode == 0, f"{block.where}: {command.line!r} ({mode}) exited {returncode}:\n{output[-4000:]}"
+    if block.need == HUB_MARKER:
+        check_download(command, checkout, block.where)
 
 
 TEXT_PAGES = (*PAGES, REPO / "benchmarks" / "NOTES.md")

@@ -43,6 +43,7 @@ optimizer = torch.optim.SGD(ddp.parameters(), lr=float(sys.argv[4]))
 ddp(input_ids=ids[half], labels=labels[half]).loss.backward()
 optimizer.step()
 torch.save({name: p.detach() for name, p in model.named_parameters()}, out)
+del ddp  # before the process group: freed last by DDP, the group can deadlock on gloo's thread (docs/ultrafastbert.md)
 dist.destroy_process_group()
 """
 
