@@ -172,17 +172,16 @@ def _format_block(shape: Shape, rows: Sequence[Result], everything: Sequence[Res
 
 #: The legend's entries: a column (or mark) and what it means, each wrapped on its own.
 LEGEND = (
-    ("time/call", "median of the samples; spread: their quartiles around it (xN: N times the median)"),
+    ("time/call", "median; spread: the quartiles around it (xN: N times the median)"),
     (
         "vs",
-        "speedup per row, within this run; 'vs dense H': over the fastest dense layer of H hidden neurons "
-        "(numpy or torch, one thread or all)",
+        "speedup per row; 'vs dense H': over the best dense layer of H neurons (numpy, torch; 1 thread, all)",
     ),
-    ("check", "ok: agrees with the float64 oracle within derived rounding bounds; n/a: a dense layer"),
-    ("GB/s", "the least a call must move (x, y, each visited weight row once), per second"),
-    ("GFLOP/s", "the least floating-point work of a call (dot products and output sums), per second"),
-    ("of bw", "the GB/s over what this machine reads per second from a working set of the same size"),
-    ("?", "above the theoretical limit (or of bw above 100%): not a result; its note says why"),
+    ("check", "ok: equals the float64 oracle within rounding bounds; n/a: a dense layer"),
+    ("GB/s", "the least bytes a call must move (x, y, visited weights once), per second"),
+    ("GFLOP/s", "the least floating-point work of a call, per second"),
+    ("of bw", "the GB/s over this machine's read rate from a working set of that size"),
+    ("?", "impossible (over the theoretical limit, or of bw over 100%): not a result; see its note"),
 )
 #: Width of the legend where the terminal's is unknown (a log, a pipe), and the widest it gets.
 LEGEND_COLUMNS = 100

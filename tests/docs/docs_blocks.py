@@ -10,6 +10,13 @@ A block is marked with an HTML comment on the line before its opening fence:
   a stand-in for the hub on 127.0.0.1 (:mod:`tests.docs.local_hub`, through ``HF_ENDPOINT``, with
   ``HF_HOME`` in a scratch folder), which serves each repository the docs test names in
   ``HUB_REPOSITORIES`` from a small local checkpoint of the same format;
+- ``<!-- docs-test: needs the package built above, installed -->``: it runs with the package its page
+  gives file by file (:func:`package_files`: the blocks whose first line is a ``# path`` comment,
+  ``pyproject.toml`` among them) built in a scratch folder named after the project and installed beside
+  it, offline and without its dependencies (``pip install --no-deps --no-build-isolation --no-index
+  --target``). Its commands run in the folder holding the package's, with the installed copy first on
+  ``PYTHONPATH``, so that its entry points are found; its ``pip install`` lines are checked like every
+  other, and each ``./FOLDER`` they name must be the package's;
 - ``<!-- NAME:start -->``: a README set-up command that ``.ci/run`` runs as written.
 
 Unmarked blocks need nothing the docs test does not have. Every command runs as written; the
@@ -31,6 +38,7 @@ SHELL_LANGUAGES = frozenset({"sh", "bash", "console"})
 LANGUAGES = SHELL_LANGUAGES | {"python", "toml", "dockerfile", "text"}
 GPU_MARKER = "needs a GPU"
 HUB_MARKER = "needs the Hugging Face hub"
+PACKAGE_MARKER = "needs the package built above, installed"
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _MARKER = re.compile(r"^<!-- (?:docs-test: (?P<need>.+?)|(?P<ci>[\w-]+):start) -->$")
 
@@ -83,6 +91,17 @@ def page_blocks(page: Path) -> list[Block]:
 
 def all_blocks() -> list[Block]:
     return [block for page in PAGES for block in page_blocks(page)]
+
+
+def package_files(page: Path) -> dict[str, str]:
+    """The files ``page`` gives as Python and TOML blocks whose first line names them (``# pyproject.toml``,
+    ``# fffcore_mybackend/plugin.py``): their paths, relative to the package's folder, and their text."""
+    found: dict[str, str] = {}
+    for block in page_blocks(page):
+        first = block.code.splitlines()[0] if block.code.strip() else ""
+        if block.language in ("python", "toml") and first.startswith("# ") and first.endswith((".py", ".toml")):
+            found[first.removeprefix("# ").strip()] = block.code
+    return found
 
 
 @dataclass(frozen=True)

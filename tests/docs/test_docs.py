@@ -7,6 +7,7 @@
   session of its own with no input, so that a command over its time limit is stopped with every
   process it started. Their environment adds :data:`COMMAND_ENVIRONMENT` (gloo on the loopback
   interface), and for a block that needs the hub the stand-in's address (:func:`hub_environment`).
+  A block that needs the package its page builds runs beside it, with it installed (:func:`build_package`).
   ``pip install`` lines are checked, not run (the test environment is already installed; the README's
   two set-up commands are run as written by ``.ci/run``): every extra they name must exist and fffcore
   itself must come from a checkout, since it is not on the package index.
@@ -14,7 +15,8 @@
   part: ``fff compare --dry-run``, ``pytest --collect-only``, or only their argument parsing
   (``docs_parse_only.py``). ``pytest tests/docs/test_docs.py --docs-full`` runs them as written.
 - TOML blocks parse; ``text`` blocks (output, file trees) are shown, not run.
-- Only a GPU or a file the same page says how to make excuses a block (see :mod:`tests.docs.docs_blocks`).
+- Only a GPU or a file the same page says how to make excuses a block (see :mod:`tests.docs.docs_blocks`);
+  a package the page gives file by file is built and installed in a scratch folder, without network.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,7 @@ from .docs_blocks import (
     GPU_MARKER,
     HUB_MARKER,
     LANGUAGES,
+    PACKAGE_MARKER,
     PAGES,
     REPO,
     SHELL_LANGUAGES,
@@ -45,6 +49,7 @@ from .docs_blocks import (
     Command,
     all_blocks,
     commands,
+    package_files,
 )
 
 BLOCKS = all_blocks()
@@ -62,6 +67,7 @@ LONG_COMMANDS: dict[str, str] = {
     "python -m benchmarks.studies.model": "parse",  # 12 BERT layers: 70 s
     "python -m benchmarks.studies.model --layers 2": "run",  # the small model: seconds
     "python -m benchmarks.studies.numba_scaling": "parse",  # fresh processes with empty caches: minutes
+    "pytest --pyargs fffcore.conformance --fff-backend mybackend": "run",  # the page's NumPy backend: 10 s
 }
 #: A command outside that table taking longer than this belongs in it.
 SHORT_COMMAND_SECONDS = 240
@@ -217,6 +223,71 @@ def fresh_modules() -> Iterator[None]:
     sys.path[:] = path
 
 
+@dataclass(frozen=True)
+class BuiltPackage:
+    """A package a page gives file by file, built and installed in a scratch folder."""
+
+    folder: Path  # its files, as the page lays them out; commands run in the folder holding it
+    site: Path  # where it is installed, first on the commands' PYTHONPATH
+
+
+#: Packages built so far, by page: the package, or why it could not be built.
+_PACKAGES: dict[Path, BuiltPackage | str] = {}
+
+
+def build_package(page: Path, scratches: pytest.TempPathFactory) -> BuiltPackage:
+    """Write the files ``page`` gives (:func:`package_files`) into ``SCRATCH/PROJECT-NAME`` of a new scratch
+    folder and install it in ``SCRATCH/site``: offline, without its dependencies (the test environment has
+    them) and with the test environment's setuptools, so that the build fails where the page's
+    ``pyproject.toml`` does. Built once per page."""
+    if page in _PACKAGES:
+        built = _PACKAGES[page]
+        if isinstance(built, str):
+            pytest.fail(built)
+        return built
+    scratch = scratches.mktemp("package")
+    files = package_files(page)
+    project = tomllib.loads(files["pyproject.toml"])["project"]
+    folder = scratch / project["name"]
+    for name, code in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(code, encoding="utf-8")
+        if "/" in name:
+            (target.parent / "__init__.py").touch()  # in the page's file tree, empty
+    site = scratch / "site"
+    argv = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index"]
+    argv += ["--disable-pip-version-check", "--target", str(site), str(folder)]
+    finished = run_command(argv, scratch, dict(os.environ), SHORT_COMMAND_SECONDS)
+    if finished is None or finished[0] != 0:
+        output = "ran over its limit" if finished is None else finished[1][-4000:]
+        _PACKAGES[page] = f"{page.name}: the package it gives does not build: {' '.join(argv)}\n{output}"
+        pytest.fail(_PACKAGES[page])
+    _PACKAGES[page] = BuiltPackage(folder, site)
+    return _PACKAGES[page]
+
+
+def check_local_folders(command: Command, package: BuiltPackage, where: str) -> None:
+    """The ``./FOLDER`` a documented ``pip install`` names is the package the page builds."""
+    for word in command.argv[2:]:
+        if word.startswith("./"):
+            assert (package.folder.parent / word).resolve() == package.folder.resolve(), (
+                f"{where}: {word} is not the package the page builds, ./{package.folder.name}"
+            )
+
+
+#: What a documented ``fff backends`` line says it prints: ``fff backends    # mybackend  available``.
+_LISTED = re.compile(r"#\s*([\w-]+)\s+available\b")
+
+
+def check_listed_as_available(command: Command, output: str, where: str) -> None:
+    """``fff backends`` lists the backend its documented line's comment names as available."""
+    for name in _LISTED.findall(command.line):
+        assert re.search(rf"^{re.escape(name)}\s+available$", output, re.M), (
+            f"{where}: `fff backends` does not list {name} as available:\n{output[-4000:]}"
+        )
+
+
 def test_every_block_has_a_language_the_test_knows() -> None:
     unknown = [f"{block.where}: ```{block.language}" for block in BLOCKS if block.language not in LANGUAGES]
     assert not unknown, f"give these blocks one of {sorted(LANGUAGES)} (text for output): {unknown}"
@@ -236,6 +307,13 @@ def test_blocks_are_excused_only_for_a_gpu_or_a_file_the_page_makes() -> None:
             continue
         if block.need == SCHEDULER_MARKER:
             assert SCHEDULER_PLACEHOLDER in block.code, f"{block.where}: name the scheduler {SCHEDULER_PLACEHOLDER}"
+            continue
+        if block.need == PACKAGE_MARKER:
+            files = package_files(block.page)
+            assert "pyproject.toml" in files and any(name.endswith(".py") for name in files), (
+                f"{block.where}: {block.page.name} gives no package to build: blocks whose first line is "
+                f"`# pyproject.toml` and `# package/module.py`; it gives {sorted(files)}"
+            )
             continue
         assert block.need.startswith("needs "), f"{block.where}: unknown marker {block.need!r}"
         made = block.need.removeprefix("needs ").split()[0]
@@ -272,12 +350,11 @@ def run_python_blocks(page: Path, checkout: Path) -> tuple[int, str | None]:
     if page in _PAGE_RUNS:
         return _PAGE_RUNS[page]
     blocks = [b for b in BLOCKS if b.page == page and b.language == "python"]
-    for block in blocks + [b for b in BLOCKS if b.page == page and b.language == "toml"]:
-        first = block.code.splitlines()[0]
-        if first.startswith("# ") and first.endswith((".py", ".toml")) and "/" in first:
-            target = checkout / first.removeprefix("# ").strip()
+    for name, code in package_files(page).items():
+        if "/" in name:  # a module of the package; its pyproject.toml would replace the checkout's
+            target = checkout / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(block.code, encoding="utf-8")
+            target.write_text(code, encoding="utf-8")
             (target.parent / "__init__.py").touch()
     namespace: dict[str, object] = {"__name__": "docs_example"}
     ran, failure = 0, None
@@ -338,13 +415,18 @@ SHELL_COMMANDS = [
 def test_shell_commands_run(block: Block, command: Command, checkout: Path, request: pytest.FixtureRequest) -> None:
     if block.need == GPU_MARKER and not gpu_here():
         pytest.skip(f"{block.where} needs a GPU")
-    if block.need is not None and block.need not in (GPU_MARKER, SCHEDULER_MARKER, HUB_MARKER):
+    if block.need is not None and block.need not in (GPU_MARKER, SCHEDULER_MARKER, HUB_MARKER, PACKAGE_MARKER):
         pytest.skip(f"{block.where} {block.need}")
     if any(b.page == block.page and b.language == "python" for b in BLOCKS):
         _, failure = run_python_blocks(block.page, checkout)  # files the page's code made, for its commands
         assert failure is None, failure
+    package = None
+    if block.need == PACKAGE_MARKER:
+        package = build_package(block.page, request.getfixturevalue("tmp_path_factory"))
     if command.argv[:2] == ["pip", "install"]:
         check_pip_install(command, block.where)
+        if package is not None:
+            check_local_folders(command, package, block.where)
         return
     full = request.config.getoption("--docs-full")
     mode = "run" if full else long_mode(command)
@@ -364,14 +446,20 @@ def test_shell_commands_run(block: Block, command: Command, checkout: Path, requ
     if block.need == HUB_MARKER:
         endpoint = request.getfixturevalue("local_hub")
         environment = hub_environment(environment, endpoint, request.getfixturevalue("tmp_path") / "hf-home")
+    cwd = checkout
+    if package is not None:  # beside the package's folder, with the package installed
+        cwd = package.folder.parent
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package.site), environment.get("PYTHONPATH")]))
     limit = None if full else SHORT_COMMAND_SECONDS
-    finished = run_command(argv, checkout, environment, limit)
+    finished = run_command(argv, cwd, environment, limit)
     if finished is None:
         pytest.fail(f"{block.where}: {command.line!r} ran over {limit} s; add it to LONG_COMMANDS with how to check it")
     returncode, output = finished
     assert returncode == 0, f"{block.where}: {command.line!r} ({mode}) exited {returncode}:\n{output[-4000:]}"
     if block.need == HUB_MARKER:
         check_download(command, checkout, block.where)
+    if package is not None and command.argv[:2] == ["fff", "backends"]:
+        check_listed_as_available(command, output, block.where)
 
 
 TEXT_PAGES = (*PAGES, REPO / "benchmarks" / "NOTES.md")
