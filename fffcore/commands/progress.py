@@ -55,6 +55,9 @@ class Progress:
         return tqdm(
             file=_Lines(self.stream),
             mininterval=LOG_INTERVAL_S,
+            # A fixed step of one keeps tqdm's monitor thread from redrawing a bar it thinks stalled,
+            # which printed a second line right after the interval's own.
+            miniters=1,
             bar_format="{desc}: {percentage:3.0f}% {n}/{total} {unit}s, {elapsed} spent, {remaining} left{postfix}",
             **common,
         )
