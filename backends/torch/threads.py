@@ -3,9 +3,9 @@
 A call of the torch backend is a few dozen small torch operations, each a parallel region of
 torch's OpenMP pool that ends only when every thread has reached its end. On a busy machine each
 region may first wait a scheduler time slice for a core: with both cores of a 2-core machine held
-by other processes, a call of 128 rows (width 768, depth 11, float32) took 8 to 60 ms on the pool
-against 2.4 to 3.6 ms on one thread. Small calls gain little from the pool even on an idle machine,
-so calls of at most :data:`ONE_THREAD_MAX_ITEMS` (row, tree) items run on one thread.
+by other processes, a call of 128 rows (width 768, depth 11, float32) took 8.4 to 83 ms on the pool
+against 2.0 to 2.1 ms on one thread; idle, 0.92 to 1.06 ms against 1.30 to 1.34 ms. So calls of at
+most :data:`ONE_THREAD_MAX_ITEMS` (row, tree) items run on one thread.
 
 The count depends on the call's size alone, never on timings: torch's matrix products may round
 differently on one thread than on several, and the same call must give the same bits every time.
@@ -24,8 +24,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: The largest call, in (row, tree) items, run on one thread. Measured on an idle 2-core AMD EPYC
-#: (width 768, depth 11, float32; ``python -m benchmarks.studies.busy_machine``): see docs/torch.md.
+#: The largest call, in (row, tree) items, run on one thread: at 256 rows one thread cost 1.5x idle and
+#: saved little busy (2-core AMD EPYC, width 768, depth 11, float32; ``python -m
+#: benchmarks.studies.busy_machine``; benchmarks/NOTES.md, section 16).
 ONE_THREAD_MAX_ITEMS = 128
 
 
