@@ -4,29 +4,40 @@
 # Steps, each with its own time limit; a failing step is recorded and the next one runs:
 #   1. make this checkout importable through a folder of links (nothing installed, nothing from the network)
 #   2. fff backends                      (what is available, and why not)
-#   3. fff check cupy                    (the conformance suite on the cupy backend)
-#   4. fff check cupy --dtype float16    (the undeclared float16 variant, declared for this step only
-#                                         through FFFCORE_CUPY_FLOAT16=1)
-#   5. fff check torch --device cuda     (the torch backend on CUDA)
-#   6. the test suite's CUDA tests, and FFFInference on CUDA tensors (benchmarks/studies/torch_module.py)
-#   7. the benchmark: cupy FFF vs torch dense Linear-GELU-Linear (cuBLAS), width 768, depth 11,
-#      batches 1/128/4096/16384/65536, float32 (also against TF32 dense) and bfloat16,
-#      into benchmarks/results/gpu_<stamp>.json and a plot of time against batch, gpu_<stamp>.png
-# Total under 15 minutes: the limits below add up to 13 min 40 s (plus 5 s of grace each).
+#   3. correctness, several processes at once (they share the GPU; nothing is timed meanwhile):
+#      - fff check cupy, fff check cupy --dtype float16 (the undeclared float16 variant, declared for
+#        this step only through FFFCORE_CUPY_FLOAT16=1) and fff check torch --device cuda (the gradient
+#        properties included), each by default and with --thorough, once per seed of GPU_CHECK_SEEDS;
+#      - the test suite's CUDA tests (bridging, the custom operators, the torch backend, training).
+#   4. the benchmark, alone on the GPU (benchmarks/studies/gpu_bench.py): cupy FFF (every kernel
+#      variant) against torch dense (cuBLAS) at width 768, depth 11, batches 1/128/4096/16384/65536, in
+#      float32 (also against TF32 dense), bfloat16 and float16; FFFInference at batches 1 and 128 from
+#      torch tensors, eager, from a CUDA graph and under torch.compile; training steps at batch 16384;
+#      into benchmarks/results/gpu_<stamp>.json, with a plot of time against batch, gpu_<stamp>.png.
+# Total at most 7 minutes: the limits below add up to 6 min 30 s, with up to 30 s more for stopping
+# steps that overrun and saving the results; the correctness phase stops starting jobs when its limit
+# is near, and records the jobs it did not start as "not started" (exit code 200). The results and
+# logs are copied to GPU_CHECK_COPY_TO whenever the script ends, even early.
 # Exit status: 0 when every step passed, 1 otherwise; in a dry run the steps that need a GPU are expected
 # to fail, so 0 when every other step passed and the benchmark wrote its results.
 #
-# Environment: PYTHON (default python3), FFF_CHECK_EXAMPLES (default 30), FFF_CHECK_SEED (default 1),
-# GPU_CHECK_RESULTS_DIR (default benchmarks/results), GPU_CHECK_COPY_TO (a folder that also receives
-# the results and logs; default $OUT when set), GPU_CHECK_DRY_RUN=1 (no GPU needed: runs the
+# Environment: PYTHON (default python3), FFF_CHECK_EXAMPLES (examples per property by default, 20),
+# FFF_CHECK_THOROUGH_EXAMPLES (with --thorough, 10: its fixed cases come on top), GPU_CHECK_SEEDS
+# (default "0 1 2 3 4 5 6 7 8 9"), GPU_CHECK_PARALLEL (processes at once; default the cores less two,
+# at most 12), GPU_CHECK_RESULTS_DIR (default benchmarks/results), GPU_CHECK_COPY_TO (a folder that also
+# receives the results and logs; default $OUT when set), GPU_CHECK_DRY_RUN=1 (no GPU needed: runs the
 # benchmark with --dry-run; the GPU steps fail and are recorded, which is what a dry run checks).
 
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
-EXAMPLES=${FFF_CHECK_EXAMPLES:-30}
-SEED=${FFF_CHECK_SEED:-1}
+EXAMPLES=${FFF_CHECK_EXAMPLES:-20}
+THOROUGH_EXAMPLES=${FFF_CHECK_THOROUGH_EXAMPLES:-10}
+SEEDS=${GPU_CHECK_SEEDS:-"0 1 2 3 4 5 6 7 8 9"}
+CORES=$(nproc 2>/dev/null || echo 2)
+PARALLEL=${GPU_CHECK_PARALLEL:-$((CORES > 4 ? CORES - 2 : 2))}
+[ "$PARALLEL" -gt 12 ] && PARALLEL=12
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS_DIR=${GPU_CHECK_RESULTS_DIR:-"$ROOT/benchmarks/results"}
 DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
@@ -39,8 +50,30 @@ RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)  # absolute: the steps run from another 
 LOG_DIR="$RESULTS_DIR/gpu_check_$STAMP"
 RESULTS="$RESULTS_DIR/gpu_$STAMP.json"
 
+# copy_out: the results, plot and logs to $COPY_TO (when set), however the script ends.
+copy_out() {
+    [ -n "$COPY_TO" ] || return 0
+    mkdir -p "$COPY_TO" && { [ ! -s "$RESULTS" ] || cp "$RESULTS" "$COPY_TO/"; } \
+        && { [ ! -s "${RESULTS%.json}.png" ] || cp "${RESULTS%.json}.png" "$COPY_TO/"; } \
+        && tar -czf "$COPY_TO/gpu_check_logs_$STAMP.tar.gz" -C "$RESULTS_DIR" "gpu_check_$STAMP"
+}
+trap copy_out EXIT
+
 STEPS=()
 FAILED=0
+GPU_STEP_PREFIXES="check_cupy check_torch_cuda"  # fail by design in a dry run
+
+# record_step NAME CODE LOG: adds the outcome to the results file's steps and to the exit status.
+record_step() {
+    local name=$1 code=$2 log=$3 prefix expected=0
+    STEPS+=("--step" "$name=$code:$log")
+    if [ "$DRY_RUN" = 1 ]; then
+        for prefix in $GPU_STEP_PREFIXES; do [[ "$name" == "$prefix"* ]] && expected=1; done
+    fi
+    if [ "$code" -ne 0 ] && [ "$expected" = 0 ]; then
+        FAILED=1
+    fi
+}
 
 # run_step NAME SECONDS COMMAND...: runs with a time limit, logs to $LOG_DIR/NAME.log, records the exit code.
 run_step() {
@@ -52,12 +85,41 @@ run_step() {
     local code=$?
     tail -n 25 "$log"
     echo "=== $name: exit $code"
-    STEPS+=("--step" "$name=$code:$log")
-    if [ "$code" -ne 0 ] && ! { [ "$DRY_RUN" = 1 ] && [[ " $GPU_STEPS " == *" $name "* ]]; }; then
-        FAILED=1
-    fi
+    record_step "$name" "$code" "$log"
 }
-GPU_STEPS="check_cupy check_cupy_float16 check_torch_cuda torch_module"  # fail by design in a dry run
+
+# start_job NAME SECONDS COMMAND...: runs in the background, at most $PARALLEL at once, within the
+# phase's deadline (a job that cannot start with 10 s left is recorded as not started, exit 200).
+PHASE_JOBS=()
+start_job() {
+    local name=$1 limit=$2
+    shift 2
+    while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n 2>/dev/null || break; done
+    local left=$((PHASE_DEADLINE - $(date +%s)))
+    PHASE_JOBS+=("$name")
+    if [ "$left" -lt 10 ]; then
+        echo "not started: the phase's limit was reached" >"$LOG_DIR/$name.log"
+        echo 200 >"$LOG_DIR/$name.code"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    (
+        timeout --kill-after=5 "$limit" "$@" >"$LOG_DIR/$name.log" 2>&1
+        echo $? >"$LOG_DIR/$name.code"
+    ) &
+}
+
+# finish_jobs: waits for the phase's jobs, records each, prints a line each and the log of each failure.
+finish_jobs() {
+    wait
+    local name code
+    for name in "${PHASE_JOBS[@]}"; do
+        code=$(cat "$LOG_DIR/$name.code" 2>/dev/null || echo 1)
+        echo "=== $name: exit $code"
+        [ "$code" -ne 0 ] && tail -n 15 "$LOG_DIR/$name.log"
+        record_step "$name" "$code" "$LOG_DIR/$name.log"
+    done
+}
 
 # 1. Use this checkout without installing anything: a folder of links maps pyproject.toml's package layout
 # (fffcore.reference -> reference/, ...) onto the checkout, and every step runs from that folder. Running
@@ -70,10 +132,10 @@ for package in reference backends conformance benchmarks; do ln -s "$ROOT/$packa
 ln -s "$ROOT/benchmarks" "$SHIM/benchmarks"  # the studies, run as python -m benchmarks.studies.NAME from the root
 export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 cd "$SHIM"
-if ! timeout 60 "$PYTHON" -c "import fffcore.cli, benchmarks.studies.gpu_bench" >"$LOG_DIR/import.log" 2>&1; then
+if ! timeout 20 "$PYTHON" -c "import fffcore.cli, benchmarks.studies.gpu_bench" >"$LOG_DIR/import.log" 2>&1; then
     echo "=== cannot import fffcore from $ROOT through $SHIM with $PYTHON; nothing else was run:"
     cat "$LOG_DIR/import.log"
-    printf '{"schema": 1, "mode": "gpu", "errors": ["fffcore could not be imported; see %s"]}\n' \
+    printf '{"schema": 2, "mode": "gpu", "errors": ["fffcore could not be imported; see %s"]}\n' \
         "$LOG_DIR/import.log" >"$RESULTS"
     exit 1
 fi
@@ -81,46 +143,65 @@ echo "=== using this checkout through $SHIM (nothing installed)"
 FFF=("$PYTHON" -m fffcore.cli)
 
 if command -v nvidia-smi >/dev/null; then
-    nvidia-smi >"$LOG_DIR/nvidia-smi.log" 2>&1
+    timeout 10 nvidia-smi >"$LOG_DIR/nvidia-smi.log" 2>&1
     head -n 15 "$LOG_DIR/nvidia-smi.log"
 else
     echo "nvidia-smi not found" | tee "$LOG_DIR/nvidia-smi.log"
 fi
 
-# 2-5. Listing and conformance.
+# 2. Listing.
 run_step backends 20 "${FFF[@]}" backends
-run_step check_cupy 120 "${FFF[@]}" check cupy --device cuda --max-examples "$EXAMPLES" --seed "$SEED"
-run_step check_cupy_float16 70 env FFFCORE_CUPY_FLOAT16=1 "${FFF[@]}" check cupy --device cuda --dtype float16 \
-    --max-examples "$EXAMPLES" --seed "$SEED"
-run_step check_torch_cuda 80 "${FFF[@]}" check torch --device cuda --max-examples "$EXAMPLES" --seed "$SEED"
 
-# 6. The test suite's CUDA halves (zero-copy bridging of CUDA tensors, the torch backend, the custom
-#    operators and training on CUDA), and FFFInference on CUDA tensors against cuBLAS dense layers.
-run_step cuda_tests 180 "$PYTHON" -m pytest "$ROOT/tests/core/test_bridging.py" "$ROOT/tests/torch/test_torch_ops.py" \
+# 3. Correctness, in parallel: the conformance suite (longest jobs first) and the CUDA tests.
+PHASE_LIMIT=160
+PHASE_DEADLINE=$(($(date +%s) + PHASE_LIMIT))
+echo "=== correctness (limit ${PHASE_LIMIT}s, $PARALLEL at once; seeds: $SEEDS)"
+ONE_THREAD=(env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1)
+for seed in $SEEDS; do
+    start_job "check_torch_cuda_thorough_seed$seed" 150 "${ONE_THREAD[@]}" "${FFF[@]}" check torch --device cuda \
+        --thorough --max-examples "$THOROUGH_EXAMPLES" --seed "$seed"
+    start_job "check_cupy_thorough_seed$seed" 150 "${ONE_THREAD[@]}" "${FFF[@]}" check cupy --device cuda \
+        --thorough --max-examples "$THOROUGH_EXAMPLES" --seed "$seed"
+done
+start_job cuda_tests 150 "$PYTHON" -m pytest "$ROOT/tests/core/test_bridging.py" "$ROOT/tests/torch/test_torch_ops.py" \
     "$ROOT/tests/backends/test_torch_backend.py" "$ROOT/tests/torch/test_training.py" -q -rs -p no:cacheprovider
-MODULE_RESULTS="$RESULTS_DIR/gpu_torch_module_$STAMP.json"
-run_step torch_module 150 "$PYTHON" -m benchmarks.studies.torch_module --device cuda --json "$MODULE_RESULTS"
+for seed in $SEEDS; do
+    start_job "check_torch_cuda_seed$seed" 100 "${ONE_THREAD[@]}" "${FFF[@]}" check torch --device cuda \
+        --max-examples "$EXAMPLES" --seed "$seed"
+    start_job "check_cupy_seed$seed" 100 "${ONE_THREAD[@]}" "${FFF[@]}" check cupy --device cuda \
+        --max-examples "$EXAMPLES" --seed "$seed"
+    start_job "check_cupy_float16_seed$seed" 100 "${ONE_THREAD[@]}" env FFFCORE_CUPY_FLOAT16=1 "${FFF[@]}" check cupy \
+        --device cuda --dtype float16 --max-examples "$EXAMPLES" --seed "$seed"
+done
+finish_jobs
 
-# 7. The benchmark; it records the steps above in its results file.
+# 4. The benchmark, alone; it records the steps above in its results file.
 BENCH_OPTIONS=()
 [ "$DRY_RUN" = 1 ] && BENCH_OPTIONS+=("--dry-run")
-echo "=== benchmark (limit 200s)"
-timeout --kill-after=5 200 "$PYTHON" -m benchmarks.studies.gpu_bench --out "$RESULTS" --plot "${RESULTS%.json}.png" \
-    "${BENCH_OPTIONS[@]}" \
+echo "=== benchmark (limit 180s)"
+timeout --kill-after=5 180 "$PYTHON" -m benchmarks.studies.gpu_bench --out "$RESULTS" --plot "${RESULTS%.json}.png" \
+    ${BENCH_OPTIONS[@]+"${BENCH_OPTIONS[@]}"} \
     "${STEPS[@]}" 2>&1 | tee "$LOG_DIR/benchmark.log"
 code=${PIPESTATUS[0]}
 echo "=== benchmark: exit $code"
 [ "$code" -eq 0 ] || FAILED=1
 if [ ! -s "$RESULTS" ]; then
     # The benchmark died before writing anything: leave a results file that says so.
-    printf '{"schema": 1, "mode": "gpu", "errors": ["benchmark exited %s before writing results; see %s"]}\n' \
+    printf '{"schema": 2, "mode": "gpu", "errors": ["benchmark exited %s before writing results; see %s"]}\n' \
         "$code" "$LOG_DIR/benchmark.log" >"$RESULTS"
+elif [ "$code" -eq 124 ] || [ "$code" -eq 137 ]; then
+    # Stopped at its limit: what it measured is in the file (written after every case); say it stopped.
+    timeout 20 "$PYTHON" - "$RESULTS" "$code" <<'ADD_ERROR' || true
+import json, sys
+path, code = sys.argv[1], sys.argv[2]
+with open(path, encoding="utf-8") as file:
+    report = json.load(file)
+report.setdefault("errors", []).append(f"benchmark stopped at its time limit (exit {code}); later parts are missing")
+with open(path, "w", encoding="utf-8") as file:
+    json.dump(report, file, indent=2)
+    file.write("\n")
+ADD_ERROR
 fi
 
-if [ -n "$COPY_TO" ]; then
-    mkdir -p "$COPY_TO" && cp "$RESULTS" "$COPY_TO/" && { [ ! -s "$MODULE_RESULTS" ] || cp "$MODULE_RESULTS" "$COPY_TO/"; } \
-        && { [ ! -s "${RESULTS%.json}.png" ] || cp "${RESULTS%.json}.png" "$COPY_TO/"; } \
-        && tar -czf "$COPY_TO/gpu_check_logs_$STAMP.tar.gz" -C "$RESULTS_DIR" "gpu_check_$STAMP"
-fi
 echo "results: $RESULTS; logs: $LOG_DIR"
 exit "$FAILED"

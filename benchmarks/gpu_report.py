@@ -31,9 +31,18 @@ class CaseResult:
     #: The row-grouped kernels (cupy), and whether their output has the warp-per-row kernel's bits.
     fff_grouped_seconds: float | None = None
     grouped_same_bits: bool | None = None
+    #: Other kernel variants than these two, by name (e.g. "tiled"), and each one's check against the
+    #: oracle with whether its output has the warp-per-row kernel's bits.
+    variant_seconds: dict[str, float] = field(default_factory=dict)
+    variant_checks: dict[str, Any] = field(default_factory=dict)
     #: fffcore's torch backend on the same tensors (bfloat16 rows: a bfloat16 layer).
     fff_torch_seconds: float | None = None
-    #: bfloat16 rows only: the bfloat16 kernels on torch tensors' raw words (cupy runtime), checked too.
+    #: The memory floor of the performance model (benchmarks/gpu_model.py) on the GPU measured, and the
+    #: warp-per-row time over it (None where the model has no figures for the GPU).
+    floor_seconds: float | None = None
+    fff_over_floor: float | None = None
+    #: Files of schema 1 only: on bfloat16 rows fff_seconds timed the float16 variant (fff_dtype says
+    #: so), and these the bfloat16 kernels on torch tensors' raw words.
     fff_bfloat16_seconds: float | None = None
     speedup_bfloat16_vs_dense: float | None = None
     check_bfloat16: dict[str, Any] = field(default_factory=dict)
@@ -148,9 +157,14 @@ def _check_type(value: Any, kind: Any, where: str) -> None:
             for index, item in enumerate(value):
                 _check_type(item, item_kind, f"{where}[{index}]")
             return
+        if origin is dict and isinstance(value, dict):
+            _, value_kind = typing.get_args(option) or (str, Any)
+            if value_kind is not Any:
+                for key, item in value.items():
+                    _check_type(item, value_kind, f"{where}.{printable(str(key))}")
+            return
         if (
-            (origin is dict and isinstance(value, dict))
-            or option is Any
+            option is Any
             or (option is str and isinstance(value, str))
             or (option is bool and isinstance(value, bool))
             or (option is int and isinstance(value, int) and not isinstance(value, bool))
@@ -196,13 +210,15 @@ def format_table(results: list[CaseResult]) -> str:
 
     lines = [
         f"{'dtype':<9} {'batch':>6} {'fff dtype':<9} {'fff ms':>10} {'dense ms':>10} {'tf32 ms':>10} "
-        f"{'paper ms':>10} {'grouped ms':>10} {'bf16 ms':>10} {'torch ms':>10} {'speedup':>8} {'vs tf32':>8} "
-        f"{'fff GB/s':>9} check",
+        f"{'paper ms':>10} {'grouped ms':>10} {'tiled ms':>10} {'torch ms':>10} {'speedup':>8} {'vs tf32':>8} "
+        f"{'fff GB/s':>9} {'x floor':>7} check",
     ]
     for r in results:
         speedup = f"{r.speedup_vs_dense:8.2f}" if r.speedup_vs_dense is not None else f"{'-':>8}"
         tf32 = f"{r.speedup_vs_dense_tf32:8.2f}" if r.speedup_vs_dense_tf32 is not None else f"{'-':>8}"
         bandwidth = f"{r.fff_effective_gb_per_s:9.1f}" if r.fff_effective_gb_per_s is not None else f"{'-':>9}"
+        floor = f"{r.fff_over_floor:7.1f}" if r.fff_over_floor is not None else f"{'-':>7}"
+        tiled = r.variant_seconds.get("tiled")
         check = "-" if not r.check else ("ok" if r.check.get("passed") else "FAILED")
         if r.errors:
             check += f" ({len(r.errors)} error{'s' if len(r.errors) > 1 else ''})"
@@ -210,7 +226,7 @@ def format_table(results: list[CaseResult]) -> str:
             f"{printable(r.dtype):<9} {r.batch:>6} {printable(r.fff_dtype):<9} "
             f"{ms(r.fff_seconds)} {ms(r.dense_seconds)} "
             f"{ms(r.dense_tf32_seconds)} {ms(r.paper_fff_seconds)} {ms(r.fff_grouped_seconds)} "
-            f"{ms(r.fff_bfloat16_seconds)} {ms(r.fff_torch_seconds)} {speedup} {tf32} "
-            f"{bandwidth} {check}"
+            f"{ms(tiled)} {ms(r.fff_torch_seconds)} {speedup} {tf32} "
+            f"{bandwidth} {floor} {check}"
         )
     return "\n".join(lines)

@@ -14,17 +14,23 @@ torch, CUDA      cupy              a view built from its address   ``torch.from_
 cupy             torch             ``torch.from_dlpack``           ``cupy.from_dlpack``
 ===============  ================  ==============================  ===================================
 
-On a CUDA stream other than torch's default one, ``cupy.from_dlpack`` is used
-instead of the address view, so that DLPack's exchange orders cupy's work after
-torch's. Copies are made only where sharing is impossible, once per call for
-``x`` and once per parameters object for the weights (the core keeps the
-bridged parameters in the call's plan, :mod:`fffcore.plan`): a bfloat16 tensor for a
-library without bfloat16 (numpy, cupy) is first converted, by torch, to the
-parameters' dtype (the dtype of the computation anyway); a read-only numpy
-array, or one in the byte order that is not the machine's, is copied for
-torch, which has neither; and a backend that
-needs contiguous rows copies a strided view itself, as it would for its own
-arrays. A tensor on a device the backend does not compute on is never moved:
+On a CUDA stream other than torch's default one (a side stream, or the stream
+torch captures a CUDA graph on, as ``torch.cuda.graph`` and
+``torch.compile(mode="reduce-overhead")`` do), the call runs inside the
+bridge's ``call_context``: cupy launches on torch's current stream, so its
+work is ordered after torch's and recorded by a capture, and cupy's memory
+(the output, any copy) comes from tensors torch allocates on that stream, so
+it lives in torch's caching allocator (in a capture, the graph's pool); the
+result is the tensor torch allocated for it. Either way cupy's work runs on
+torch's current stream, so the address view serves on every stream.
+
+Copies are made only where sharing is impossible, once per call for ``x`` and once per parameters
+object for the weights (the core keeps the bridged parameters in the call's plan,
+:mod:`fffcore.plan`): a bfloat16 tensor for a library without bfloat16 (numpy, cupy) is first
+converted, by torch, to the parameters' dtype (the dtype of the computation anyway); a read-only
+numpy array, or one in the byte order that is not the machine's, is copied for torch, which has
+neither; and a backend that needs contiguous rows copies a strided view itself, as it would for its
+own arrays. A tensor on a device the backend does not compute on is never moved:
 that is a ``TypeError`` naming both devices.
 
 Nothing here imports torch or cupy unless the caller's arrays are theirs.
@@ -32,8 +38,11 @@ Nothing here imports torch or cupy unless the caller's arrays are theirs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +63,8 @@ class Bridge:
             unless the docstring of this module says otherwise; ``dtype`` is
             the parameters' dtype, used only when ``x`` must be converted anyway.
         to_source: a result of the backend -> the same data in the caller's library.
+        call_context: ``x`` (the caller's array) -> a context manager the whole call (both
+            conversions included) runs in, or None when it needs none; None: never one.
     """
 
     source: str
@@ -61,6 +72,7 @@ class Bridge:
     target: str
     to_target: Callable[[Any, str], Any]
     to_source: Callable[[Any], Any]
+    call_context: Callable[[Any], contextlib.AbstractContextManager[None] | None] | None = None
 
 
 def find_bridge(source: str, device: str, targets: tuple[str, ...]) -> Bridge | None:
@@ -127,10 +139,59 @@ def _torch_to_cupy(x: Any, dtype: str) -> Any:
         x = x.detach()
     if x.dtype is torch.bfloat16:  # cupy's kernels take no bfloat16: one conversion, by torch
         x = x.to(getattr(torch, dtype))
-    if _current_stream(torch, x.device.index) == 0:
-        return cupy_view_of(cupy, x)
-    # On another stream than the default one, DLPack's exchange orders cupy's work after torch's.
-    return cupy.from_dlpack(x)
+    # cupy's work runs on torch's current stream (the default stream is both's; any other through
+    # the call's context), so it is ordered after torch's without DLPack's exchange of streams.
+    return cupy_view_of(cupy, x)
+
+
+def _torch_stream_context(x: Any) -> contextlib.AbstractContextManager[None] | None:
+    """None on torch's default stream (which is cupy's too); elsewhere, :func:`_on_torch_stream`."""
+    torch = _torch()
+    device_index = x.device.index
+    stream = _current_stream(torch, device_index)
+    if stream == 0:
+        return None
+    return _on_torch_stream(stream, device_index)
+
+
+#: The tensors behind cupy's allocations in the running call on a torch stream, by address
+#: (:func:`_on_torch_stream`); None outside such a call.
+_call_allocations: contextvars.ContextVar[dict[int, Any] | None] = contextvars.ContextVar(
+    "fffcore_torch_allocations", default=None
+)
+
+
+@contextlib.contextmanager
+def _on_torch_stream(stream: int, device_index: int) -> Iterator[None]:
+    """cupy's work on the CUDA stream ``stream`` of device ``device_index``, its memory from torch."""
+    import cupy
+
+    allocations: dict[int, Any] = {}
+    token = _call_allocations.set(allocations)
+    try:
+        with cupy.cuda.Device(device_index), cupy.cuda.ExternalStream(stream, device_index):
+            with cupy.cuda.using_allocator(functools.partial(_torch_allocation, allocations)):
+                yield
+    finally:
+        _call_allocations.reset(token)
+
+
+def _torch_bytes(size: int, device_index: int) -> Any:
+    """``size`` bytes as a uint8 tensor from torch's caching allocator, on torch's current stream."""
+    torch = _torch()
+    return torch.empty(size, dtype=torch.uint8, device=torch.device("cuda", device_index))
+
+
+def _torch_allocation(allocations: dict[int, Any], size: int) -> Any:
+    """cupy's allocator inside :func:`_on_torch_stream`: ``size`` bytes of a tensor torch allocates,
+    kept alive by cupy's memory and recorded in ``allocations`` for the result's way back."""
+    import cupy
+
+    device_index = cupy.cuda.Device().id
+    block = _torch_bytes(size, device_index)
+    pointer = int(block.data_ptr())
+    allocations[pointer] = block
+    return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(pointer, size, block, device_index), 0)
 
 
 def _current_stream(torch: Any, device_index: int) -> int:
@@ -177,6 +238,13 @@ def _torch_result_to_cupy(y: Any) -> Any:
 def _cupy_result_to_torch(y: Any) -> Any:
     import torch
 
+    allocations = _call_allocations.get()
+    if allocations:
+        # Allocated for this call on a torch stream: the result is the tensor torch allocated, so
+        # torch (and a CUDA graph's pool) sees memory it owns, not a DLPack view of it.
+        owner = allocations.get(int(y.data.ptr))
+        if owner is not None and y.flags.c_contiguous and y.nbytes <= owner.numel():
+            return owner[: y.nbytes].view(getattr(torch, y.dtype.name)).view(y.shape)
     return torch.from_dlpack(y)
 
 
@@ -185,7 +253,7 @@ _BRIDGES: dict[tuple[str, str, str], Bridge] = {
     for bridge in (
         Bridge("torch", "cpu", "numpy", _torch_to_numpy, _numpy_result_to_torch),
         Bridge("numpy", "cpu", "torch", _numpy_to_torch, _torch_result_to_numpy),
-        Bridge("torch", "cuda", "cupy", _torch_to_cupy, _cupy_result_to_torch),
+        Bridge("torch", "cuda", "cupy", _torch_to_cupy, _cupy_result_to_torch, _torch_stream_context),
         Bridge("cupy", "cuda", "torch", _cupy_to_torch, _torch_result_to_cupy),
     )
 }

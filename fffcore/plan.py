@@ -70,6 +70,28 @@ class Plan:
 
     def fff(self, x: Any, params: FFFParams) -> Any:
         """The layer's output (..., d_out) for ``x`` (..., d_in), in ``x``'s array type and on its device."""
+        context = self._call_context(x)
+        if context is None:
+            return self._fff(x, params)
+        with context:
+            return self._fff(x, params)
+
+    def cmm(self, x: Any, params: FFFParams) -> tuple[Any, Any]:
+        """``(logits, nodes)``, each (..., K, D+1), in ``x``'s array type and on its device."""
+        context = self._call_context(x)
+        if context is None:
+            return self._cmm(x, params)
+        with context:
+            return self._cmm(x, params)
+
+    def _call_context(self, x: Any) -> Any:
+        """The bridge's context for this call (where the backend's work runs), or None."""
+        bridge = self.bridge
+        if bridge is None or bridge.call_context is None:
+            return None
+        return bridge.call_context(x)
+
+    def _fff(self, x: Any, params: FFFParams) -> Any:
         bridge = self.bridge
         rows = x if bridge is None else bridge.to_target(x, params.dtype)
         taken = self.bridged_params or params
@@ -80,8 +102,7 @@ class Plan:
             y = self.call_fff(rows.reshape(-1, params.d_in), taken).reshape(leading + (params.d_out,))
         return y if bridge is None else bridge.to_source(y)
 
-    def cmm(self, x: Any, params: FFFParams) -> tuple[Any, Any]:
-        """``(logits, nodes)``, each (..., K, D+1), in ``x``'s array type and on its device."""
+    def _cmm(self, x: Any, params: FFFParams) -> tuple[Any, Any]:
         bridge = self.bridge
         rows = x if bridge is None else bridge.to_target(x, params.dtype)
         tail = tuple(rows.shape[:-1]) + (params.trees, params.depth + 1)
@@ -95,6 +116,13 @@ class Plan:
         """``(grad_x (..., d_in), grad_w_in, grad_b_in or None, grad_w_out)`` for ``grad_y`` (..., d_out)
         of array type ``grad_kind``, checked here against ``x``."""
         check_grad_y(x, params, grad_y, grad_kind)
+        context = self._call_context(x)
+        if context is None:
+            return self._backward(x, params, grad_y)
+        with context:
+            return self._backward(x, params, grad_y)
+
+    def _backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
         bridge = self.bridge
         rows = x if bridge is None else bridge.to_target(x, params.dtype)
         grads = grad_y if bridge is None else bridge.to_target(grad_y, params.dtype)

@@ -25,7 +25,8 @@
 // shuffle reduction, and the row of x stays in registers across the levels.
 // The fused kernel records each level's activated logit and node in shared
 // memory, then sweeps the output row once, chunk by chunk, summing the visited
-// w_out rows in registers: y is written once per row, in one launch.
+// w_out rows in registers: y is written once per row, in one launch. The
+// row-grouped and tiled variants below share each weight-row fetch among rows.
 
 #ifndef FFF_STORAGE
 #error "FFF_STORAGE must be defined (1 float32, 2 float64, 3 float16, 4 bfloat16)"
@@ -241,18 +242,24 @@ struct RowInput {
     }
 };
 
+// A node's logit from its dot product with the row: plus the node's bias (added after the sum),
+// then rounded to the stored dtype (a no-op but for the 16-bit ones), so that the branch, the
+// activation and the reported logit all see the same value.
+__device__ __forceinline__ compute_t finish_logit(compute_t dot, const scalar_t* __restrict__ b_tree, int node) {
+#if FFF_HAS_BIAS
+    dot += to_compute(b_tree[node]);
+#else
+    (void)b_tree;
+    (void)node;
+#endif
+    return to_compute(to_storage(dot));
+}
+
 // The logit of `node` in the tree whose weights start at w_tree / b_tree; identical in every lane.
 __device__ __forceinline__ compute_t node_logit(const RowInput& input, const scalar_t* __restrict__ w_tree,
                                                 const scalar_t* __restrict__ b_tree, int node, int d_in, int lane) {
-    compute_t logit = warp_sum(input.partial_dot(w_tree + static_cast<long long>(node) * d_in, d_in, lane));
-#if FFF_HAS_BIAS
-    logit += to_compute(b_tree[node]);
-#else
-    (void)b_tree;
-#endif
-    // Round to the stored dtype (a no-op but for the 16-bit ones), so that the branch, the
-    // activation and the reported logit all see the same value.
-    return to_compute(to_storage(logit));
+    const compute_t dot = warp_sum(input.partial_dot(w_tree + static_cast<long long>(node) * d_in, d_in, lane));
+    return finish_logit(dot, b_tree, node);
 }
 
 // The spec's branch: strictly logit > 0 goes right, so zero and NaN go left.
@@ -436,6 +443,258 @@ fff_forward_sorted(const scalar_t* __restrict__ x, const scalar_t* __restrict__ 
         forward_row(input, w_in, b_in, w_out, y + row * d_out, depth, d_in, d_out, tree_begin, tree_count, accumulate,
                     top_levels, top_acts + row * tree_count * top_levels,
                     top_path + row * tree_count * (top_levels + 1), acts, path, lane);
+    }
+}
+
+// The tiled variant, one launch per tree group (kernel_plan.tiled_fff_launches). A block takes a
+// tile of `tile_rows` consecutive rows, keeps their x in shared memory and walks them level by
+// level, so a visited w_in row is fetched once per warp whose share of the tile visits it, and a
+// w_out row once per tile and output chunk, instead of once per row:
+//
+// 1. The x tile is copied into shared memory (rows past the batch are simply absent).
+// 2. Per tree and level, the tile's rows are kept in order of their present node ("positions"),
+//    so the rows at one node are a run. Each warp takes an equal share of consecutive positions
+//    (equal work, and no scan to cut runs into work items; a run that crosses shares is fetched
+//    once per share), loads the w_in row of each node in its share into registers once and
+//    computes the dot product of every row of its share at that node against x in shared
+//    memory, one row after the other. Between levels each run splits stably into the rows that
+//    went left, then those that went right; as the children of n are 2n+1 and 2n+2, the rows
+//    stay in node order.
+// 3. The x tile is then dead: its memory holds compute_t sums for a chunk of output columns. Each
+//    thread owns columns, sweeps each level's positions in node order, fetches w_out[node, column]
+//    once per run and adds act * w to the sum of every row of the run.
+//
+// Each row's arithmetic is the warp-per-row kernel's: the same lane split of each dot product
+// (w_in in registers in place of x; a product is commutative), the same butterfly, bias and
+// rounding, and each output element summed from 0 over trees, then levels, in compute_t and
+// rounded once per tree group. With the same tree groups the results have the same bits.
+
+// Positions and rows of a tile are stored in one byte each (kernel_plan.TILE_MAX_ROWS).
+#define FFF_TILE_MAX_ROWS 128
+// Output columns per thread in one chunk at most: their w_out values stay in registers
+// (kernel_plan.TILE_COLUMN_GROUPS).
+#define FFF_TILE_COLUMN_GROUPS 4
+
+// The block's dynamic shared memory in the tiled kernel, as kernel_plan.tiled_shared_bytes sizes it.
+// `entries` = tree_count * levels * tile_rows; arrays by position index that level's node order.
+struct TileLayout {
+    unsigned char* tile;  // the x tile (rows, d_in) scalar_t; after the walk, sums (rows, out_columns) compute_t
+    compute_t* acts;      // (tree_count, levels, tile_rows): activated logit of the row at each position
+    int* nodes;           // (tree_count, levels, tile_rows): node of each position
+    int* children;        // (tile_rows): the child each position's row goes to, at the present level
+    int* run_begin;       // (2, tile_rows): first position of each position's run, by the level's parity
+    int* run_end;         // (2, tile_rows): one past its last position
+    unsigned char* rows;  // (tree_count, levels, tile_rows): row within the tile at each position
+};
+
+__device__ __forceinline__ TileLayout tile_layout(unsigned char* shared, int tile_rows, int tree_count, int levels,
+                                                  int d_in, int out_columns) {
+    const long long x_bytes = static_cast<long long>(tile_rows) * d_in * sizeof(scalar_t);
+    const long long sum_bytes = static_cast<long long>(tile_rows) * out_columns * sizeof(compute_t);
+    // 16-byte aligned, like the block's base, so every later array is aligned for its type.
+    const long long tile_bytes = ((x_bytes > sum_bytes ? x_bytes : sum_bytes) + 15) / 16 * 16;
+    const long long entries = static_cast<long long>(tree_count) * levels * tile_rows;
+    TileLayout layout;
+    layout.tile = shared;
+    layout.acts = reinterpret_cast<compute_t*>(shared + tile_bytes);
+    layout.nodes = reinterpret_cast<int*>(layout.acts + entries);
+    layout.children = layout.nodes + entries;
+    layout.run_begin = layout.children + tile_rows;
+    layout.run_end = layout.run_begin + 2 * tile_rows;
+    layout.rows = reinterpret_cast<unsigned char*>(layout.run_end + 2 * tile_rows);
+    return layout;
+}
+
+// Copies `elements` consecutive elements of x into the tile: a tile's rows are consecutive in x,
+// so it is one span, moved in 16-byte vectors when the rows allow (FFF_VEC_IN > 1).
+__device__ __forceinline__ void load_tile(const scalar_t* __restrict__ x_span, int elements, scalar_t* tile) {
+    for (int i = static_cast<int>(threadIdx.x) * FFF_VEC_IN; i < elements;
+         i += static_cast<int>(blockDim.x) * FFF_VEC_IN) {
+        store_vec<FFF_VEC_IN>(tile, i, load_vec<FFF_VEC_IN>(x_span, i));
+    }
+}
+
+// Level 0 of a tree: every row at the root, positions in row order, one run.
+__device__ __forceinline__ void start_walk(const TileLayout& layout, long long level_base, int count) {
+    for (int p = static_cast<int>(threadIdx.x); p < count; p += static_cast<int>(blockDim.x)) {
+        layout.rows[level_base + p] = static_cast<unsigned char>(p);
+        layout.nodes[level_base + p] = 0;
+        layout.run_begin[p] = 0;
+        layout.run_end[p] = count;
+    }
+}
+
+// One level's logits: this warp takes positions [warp * share, +share) and loads each node's w_in
+// row into registers once for the run of its positions at that node. Lane 0 records each
+// position's activated logit and child.
+__device__ __forceinline__ void tile_level_logits(const TileLayout& layout, long long level_base,
+                                                  const scalar_t* __restrict__ w_tree,
+                                                  const scalar_t* __restrict__ b_tree, int count, int d_in, int warp,
+                                                  int warps, int lane) {
+    const scalar_t* tile = reinterpret_cast<const scalar_t*>(layout.tile);
+    const int share = (count + warps - 1) / warps;
+    const int first = warp * share;
+    const int last = first + share < count ? first + share : count;
+    RowInput weights{};  // loaded at the first position: every share starts a run
+    int loaded = -1;
+    for (int p = first; p < last; ++p) {
+        const int node = layout.nodes[level_base + p];
+        if (node != loaded) {  // the same in every lane: all read the same position
+            weights.load(w_tree + static_cast<long long>(node) * d_in, d_in, lane);
+            loaded = node;
+        }
+        const scalar_t* x_row = tile + static_cast<long long>(layout.rows[level_base + p]) * d_in;
+        const compute_t logit = finish_logit(warp_sum(weights.partial_dot(x_row, d_in, lane)), b_tree, node);
+        if (lane == 0) {
+            layout.acts[level_base + p] = fff_activate(logit);
+            layout.children[p] = child(node, logit);
+        }
+    }
+}
+
+// A left child (2n+1) is odd, a right child (2n+2) even.
+__device__ __forceinline__ int is_left_child(int node) { return node & 1; }
+
+// The next level's positions: each run splits into the rows that went left, then those that went
+// right, each keeping its order, so the next level's positions are in node order again and each
+// child's rows are a run. `parity` picks the run bounds of the present level (the other half of
+// run_begin / run_end receives the next level's).
+__device__ __forceinline__ void order_next_level(const TileLayout& layout, long long level_base,
+                                                 long long next_base, int parity, int tile_rows, int count) {
+    const int* begins = layout.run_begin + parity * tile_rows;
+    const int* ends = layout.run_end + parity * tile_rows;
+    int* next_begins = layout.run_begin + (1 - parity) * tile_rows;
+    int* next_ends = layout.run_end + (1 - parity) * tile_rows;
+    for (int p = static_cast<int>(threadIdx.x); p < count; p += static_cast<int>(blockDim.x)) {
+        const int begin = begins[p];
+        const int end = ends[p];
+        int lefts = 0;
+        int lefts_before = 0;
+        for (int q = begin; q < end; ++q) {
+            const int left = is_left_child(layout.children[q]);
+            lefts += left;
+            lefts_before += q < p ? left : 0;
+        }
+        const int node = layout.children[p];
+        const bool left = is_left_child(node);
+        const int target = left ? begin + lefts_before : begin + lefts + (p - begin - lefts_before);
+        layout.rows[next_base + target] = layout.rows[level_base + p];
+        layout.nodes[next_base + target] = node;
+        next_begins[target] = left ? begin : begin + lefts;
+        next_ends[target] = left ? begin + lefts : end;
+    }
+}
+
+// Walks the tile's `count` rows through tree `t` of the group, recording every level's positions,
+// nodes and activated logits. Every phase ends with __syncthreads (the first one also orders the
+// tile's load before its first read), so the walk ends with all of it visible to the block.
+__device__ __forceinline__ void walk_tile_tree(const TileLayout& layout, const scalar_t* __restrict__ w_tree,
+                                               const scalar_t* __restrict__ b_tree, int t, int levels, int tile_rows,
+                                               int count, int d_in, int warp, int warps, int lane) {
+    const long long tree_base = static_cast<long long>(t) * levels * tile_rows;
+    start_walk(layout, tree_base, count);
+    __syncthreads();
+    for (int level = 0; level < levels; ++level) {
+        const long long level_base = tree_base + static_cast<long long>(level) * tile_rows;
+        tile_level_logits(layout, level_base, w_tree, b_tree, count, d_in, warp, warps, lane);
+        __syncthreads();
+        if (level + 1 < levels) {
+            order_next_level(layout, level_base, level_base + tile_rows, level & 1, tile_rows, count);
+            __syncthreads();
+        }
+    }
+}
+
+// The tile's output, chunk by chunk of `out_columns` columns, in the x tile's memory. This
+// thread owns columns chunk + g * blockDim.x + threadIdx.x (g < out_columns / blockDim.x) of
+// every row, so no other thread touches its sums and the sweep needs no barrier. Per element:
+// 0, then act * w added over trees, then levels, in compute_t; stored (or added to y) once.
+__device__ __forceinline__ void sum_tile_output(const TileLayout& layout, const scalar_t* __restrict__ w_out,
+                                                scalar_t* __restrict__ y_tile, int count, int levels, int d_out,
+                                                int tree_begin, int tree_count, int accumulate, int tile_rows,
+                                                int out_columns) {
+    compute_t* sums = reinterpret_cast<compute_t*>(layout.tile);  // (count, out_columns)
+    const int threads = static_cast<int>(blockDim.x);
+    const int thread = static_cast<int>(threadIdx.x);
+    const int groups = out_columns / threads;
+    const long long nodes_per_tree = (2LL << (levels - 1)) - 1;
+    for (int chunk = 0; chunk < d_out; chunk += out_columns) {
+        for (int r = 0; r < count; ++r) {
+            for (int g = 0; g < groups; ++g) sums[r * out_columns + g * threads + thread] = 0;
+        }
+        for (int t = 0; t < tree_count; ++t) {
+            const scalar_t* w_tree = w_out + (tree_begin + static_cast<long long>(t)) * nodes_per_tree * d_out;
+            for (int level = 0; level < levels; ++level) {
+                const long long level_base = (static_cast<long long>(t) * levels + level) * tile_rows;
+                compute_t w[FFF_TILE_COLUMN_GROUPS];
+                int loaded = -1;
+                for (int p = 0; p < count; ++p) {
+                    const int node = layout.nodes[level_base + p];
+                    if (node != loaded) {  // once per run of rows at one node
+#pragma unroll
+                        for (int g = 0; g < FFF_TILE_COLUMN_GROUPS; ++g) {
+                            const int column = chunk + g * threads + thread;
+                            w[g] = g < groups && column < d_out
+                                       ? to_compute(w_tree[static_cast<long long>(node) * d_out + column])
+                                       : compute_t(0);
+                        }
+                        loaded = node;
+                    }
+                    const compute_t act = layout.acts[level_base + p];
+                    compute_t* row_sums = sums + layout.rows[level_base + p] * out_columns + thread;
+#pragma unroll
+                    for (int g = 0; g < FFF_TILE_COLUMN_GROUPS; ++g) {
+                        if (g < groups) row_sums[g * threads] += act * w[g];
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < count; ++r) {
+            for (int g = 0; g < groups; ++g) {
+                const int column = chunk + g * threads + thread;
+                if (column >= d_out) continue;
+                const compute_t sum = sums[r * out_columns + g * threads + thread];
+                scalar_t* out = y_tile + static_cast<long long>(r) * d_out + column;
+                *out = accumulate ? to_storage(to_compute(*out) + sum) : to_storage(sum);
+            }
+        }
+    }
+}
+
+// Fused FFF, tiled: y[row] (=, or += when accumulate) sum over trees [tree_begin, tree_begin +
+// tree_count) and levels of act(logit) * w_out[tree, node], one block per tile of `tile_rows`
+// (a power of two, 8 to FFF_TILE_MAX_ROWS) consecutive rows, tiles strided over the grid.
+// `out_columns`, a multiple of blockDim.x of at most FFF_TILE_COLUMN_GROUPS * blockDim.x, is the
+// output chunk. Dynamic shared memory: tile_layout.
+extern "C" __global__ void __launch_bounds__(FFF_WARPS_PER_BLOCK * FFF_WARP)
+fff_forward_tiled(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w_in,
+                  const scalar_t* __restrict__ b_in, const scalar_t* __restrict__ w_out, scalar_t* __restrict__ y,
+                  long long rows, int depth, int d_in, int d_out, int tree_begin, int tree_count, int accumulate,
+                  int tile_rows, int out_columns) {
+    FFF_DECLARE_SHARED(fff_shared);
+    const int lane = static_cast<int>(threadIdx.x) % FFF_WARP;
+    const int warp = static_cast<int>(threadIdx.x) / FFF_WARP;
+    const int warps = static_cast<int>(blockDim.x) / FFF_WARP;
+    const int levels = depth + 1;
+    const long long nodes_per_tree = (2LL << depth) - 1;
+    const TileLayout layout = tile_layout(fff_shared, tile_rows, tree_count, levels, d_in, out_columns);
+    const long long tiles = (rows + tile_rows - 1) / tile_rows;
+
+    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const long long first_row = tile * tile_rows;
+        const int count = rows - first_row < tile_rows ? static_cast<int>(rows - first_row) : tile_rows;
+        load_tile(x + first_row * d_in, count * d_in, reinterpret_cast<scalar_t*>(layout.tile));
+        for (int t = 0; t < tree_count; ++t) {
+            const long long tree = tree_begin + t;
+            const scalar_t* w_tree = w_in + tree * nodes_per_tree * d_in;
+            const scalar_t* b_tree = FFF_HAS_BIAS ? b_in + tree * nodes_per_tree : b_in;
+            walk_tile_tree(layout, w_tree, b_tree, t, levels, tile_rows, count, d_in, warp, warps, lane);
+        }
+        // The walk ended with a barrier: the x tile is dead and its memory becomes the output sums.
+        sum_tile_output(layout, w_out, y + first_row * d_out, count, levels, d_out, tree_begin, tree_count,
+                        accumulate, tile_rows, out_columns);
+        // The next tile's x overwrites the sums.
+        __syncthreads();
     }
 }
 

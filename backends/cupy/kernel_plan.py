@@ -11,6 +11,8 @@ functions of shapes, dtypes and pointer addresses:
 * :func:`plan_fff_launches` / :func:`plan_cmm_launch`: grid, block and
   dynamic shared memory for any batch, including 0 (no launch) and 1, and the
   tree groups of the fused ``fff`` kernel.
+* :func:`grouped_fff_launches` and :func:`tiled_fff_launches`: the same for
+  the row-grouped and the tiled variants of ``fff``.
 
 The kernel itself is described in ``fff_kernels.cu``; this module mirrors
 its constants (:data:`THREADS_PER_WARP`, the activation codes, the shared
@@ -33,8 +35,10 @@ CMM_KERNEL_NAME = "fff_conditional_matmul"
 #: The row-grouped variant's two kernels: the top levels of every row, then the rest in sorted order.
 TOP_WALK_KERNEL_NAME = "fff_top_walk"
 SORTED_KERNEL_NAME = "fff_forward_sorted"
+#: The tiled variant's kernel: a block walks a tile of rows level by level, x in shared memory.
+TILED_KERNEL_NAME = "fff_forward_tiled"
 #: Every kernel of the source.
-KERNEL_NAMES = (FFF_KERNEL_NAME, CMM_KERNEL_NAME, TOP_WALK_KERNEL_NAME, SORTED_KERNEL_NAME)
+KERNEL_NAMES = (FFF_KERNEL_NAME, CMM_KERNEL_NAME, TOP_WALK_KERNEL_NAME, SORTED_KERNEL_NAME, TILED_KERNEL_NAME)
 #: Rows per subtree the row-grouped variant aims at when it chooses how many top levels to walk
 #: before sorting (about two blocks of warps, so neighbouring warps share their deep nodes).
 GROUPED_ROWS_PER_SUBTREE = 64
@@ -54,6 +58,18 @@ MAX_WARPS_PER_BLOCK = 32
 X_REGISTER_BYTES_PER_LANE = 256
 #: Dynamic shared memory every CUDA device grants a block without an opt-in.
 SHARED_BYTES_PER_BLOCK = 48 * 1024
+#: Dynamic shared memory a block may opt into on Hopper (sm_90; ``sharedMemPerBlockOptin``, 227 KiB):
+#: the tiled plan's limit when it is not told the device's own.
+HOPPER_SHARED_BYTES_OPTIN = 227 * 1024
+#: Rows of a tile at most: the tiled kernel stores positions and rows of a tile in one byte each
+#: (``FFF_TILE_MAX_ROWS``), and 128 rows already share each top-level fetch 128 ways.
+TILE_MAX_ROWS = 128
+#: Rows of a tile at least: with fewer, a tile shares too little to pay for its level-by-level walk,
+#: and the tiled variant is unavailable for the layer.
+TILE_MIN_ROWS = 8
+#: Output columns one thread of the tiled kernel sums per chunk, at most, in units of the block's
+#: threads (``FFF_TILE_COLUMN_GROUPS``): each keeps its w_out value in a register.
+TILE_COLUMN_GROUPS = 4
 #: Grid size cap; the kernels loop over rows with a grid-sized stride, so any
 #: cap is correct. 2**31 - 1 is the hardware limit of gridDim.x.
 MAX_BLOCKS = 2**31 - 1
@@ -532,6 +548,172 @@ def grouped_fff_launches(
             ),
             top_levels,
             group.tree_count,
+        )
+        for group in plan.groups
+    )
+
+
+#: numpy dtypes of the tiled kernel's scalar arguments, after its pointer arguments.
+TILED_SCALAR_DTYPES: tuple[str, ...] = ("int64", "int32", "int32", "int32", "int32", "int32", "int32", "int32", "int32")
+#: Shared memory per position of the tiled kernel's scratch: its child, and its run's first and
+#: last position at two consecutive levels (int32 each).
+TILE_SCRATCH_INTS_PER_ROW = 5
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """The tile of the tiled ``fff`` kernel for one layer and block size, and its shared memory.
+
+    Attributes:
+        rows: rows per tile, a power of two from :data:`TILE_MIN_ROWS` to :data:`TILE_MAX_ROWS`.
+        out_columns: output columns summed per chunk: a multiple of the block's threads, at
+            most :data:`TILE_COLUMN_GROUPS` of them, no more than ``d_out`` needs.
+        tile_bytes: the x tile, (rows, d_in) storage elements, whose memory then holds the chunk's
+            sums, (rows, out_columns) compute elements; the larger of the two, rounded up to 16 bytes.
+        tree_bytes: per tree of a launch: each level's activated logit (compute), node (int32) and
+            row (one byte) per position.
+        scratch_bytes: the walk's scratch, :data:`TILE_SCRATCH_INTS_PER_ROW` int32 per row.
+    """
+
+    rows: int
+    out_columns: int
+    tile_bytes: int
+    tree_bytes: int
+    scratch_bytes: int
+
+    def shared_bytes(self, tree_count: int) -> int:
+        """Dynamic shared memory of a launch that walks ``tree_count`` trees, laid out as the kernel's
+        ``tile_layout`` reads it: tile, activated logits, nodes, scratch, rows."""
+        return self.tile_bytes + self.scratch_bytes + tree_count * self.tree_bytes
+
+
+def tile_shape(
+    tile_rows: int, d_in: int, d_out: int, levels: int, itemsize: int, compute_itemsize: int, threads: int
+) -> TileShape:
+    """The shape and shared memory of a tile of ``tile_rows`` rows for a block of ``threads`` threads."""
+    x_bytes = tile_rows * d_in * itemsize
+    one_group = tile_rows * threads * compute_itemsize  # the sums of one column per thread
+    base = max(x_bytes, one_group)
+    # As many columns per thread as the tile's memory holds, up to the registers and d_out's need.
+    groups = max(1, min(TILE_COLUMN_GROUPS, -(-d_out // threads), base // one_group))
+    return TileShape(
+        rows=tile_rows,
+        out_columns=groups * threads,
+        tile_bytes=-(-base // 16) * 16,
+        tree_bytes=levels * tile_rows * (compute_itemsize + 4 + 1),
+        scratch_bytes=TILE_SCRATCH_INTS_PER_ROW * tile_rows * 4,
+    )
+
+
+def choose_tile(
+    d_in: int, d_out: int, levels: int, itemsize: int, compute_itemsize: int, threads: int, shared_limit: int
+) -> TileShape:
+    """The tile of the most rows (a power of two up to :data:`TILE_MAX_ROWS`) whose x and one tree's
+    walk fit in ``shared_limit`` bytes; ValueError when that is fewer than :data:`TILE_MIN_ROWS` rows."""
+    tile_rows = TILE_MAX_ROWS
+    while tile_rows >= TILE_MIN_ROWS:
+        shape = tile_shape(tile_rows, d_in, d_out, levels, itemsize, compute_itemsize, threads)
+        if shape.shared_bytes(1) <= shared_limit:
+            return shape
+        tile_rows //= 2
+    smallest = tile_shape(TILE_MIN_ROWS, d_in, d_out, levels, itemsize, compute_itemsize, threads)
+    raise ValueError(
+        f"params: the tiled variant needs a tile of at least {TILE_MIN_ROWS} rows in shared memory; "
+        f"{TILE_MIN_ROWS} rows of x (d_in {d_in}, {itemsize}-byte elements) and the walk of one tree of "
+        f"{levels} levels need {smallest.shared_bytes(1)} bytes, more than the {shared_limit} available"
+    )
+
+
+@dataclass(frozen=True)
+class TiledLaunchPlan:
+    """The tiled ``fff`` launches of one call: one geometry, one launch per tree group, one tile shape."""
+
+    geometry: LaunchGeometry
+    groups: tuple[TreeGroup, ...]
+    tile: TileShape
+
+
+def plan_tiled_launches(
+    rows: int,
+    trees: int,
+    depth: int,
+    d_in: int,
+    d_out: int,
+    itemsize: int,
+    compute_itemsize: int,
+    *,
+    warps_per_block: int = WARPS_PER_BLOCK,
+    shared_limit: int = HOPPER_SHARED_BYTES_OPTIN,
+    max_blocks: int = MAX_BLOCKS,
+) -> TiledLaunchPlan:
+    """Launches of the tiled ``fff`` kernel: one block per tile of consecutive rows (tiles strided
+    over the grid past ``max_blocks``), always ``warps_per_block`` warps, as many trees per launch as
+    their walks fit beside the tile; later groups accumulate into ``y``. Rows = 0 gives no groups.
+
+    ``shared_limit`` is the device's opt-in dynamic shared memory per block; launches above
+    :data:`SHARED_BYTES_PER_BLOCK` need the kernel's limit raised to their ``shared_bytes``.
+    """
+    _check_counts(rows=rows, trees=trees)
+    check_depth(depth)
+    if not 1 <= warps_per_block <= MAX_WARPS_PER_BLOCK:
+        raise ValueError(f"warps_per_block: expected 1 to {MAX_WARPS_PER_BLOCK} (1024 threads), got {warps_per_block}")
+    levels = depth + 1
+    threads = warps_per_block * THREADS_PER_WARP
+    tile = choose_tile(d_in, d_out, levels, itemsize, compute_itemsize, threads, shared_limit)
+    room = (shared_limit - tile.shared_bytes(0)) // tile.tree_bytes
+    per_launch = min(trees, room)
+    tiles = -(-rows // tile.rows)
+    geometry = LaunchGeometry(min(tiles, max_blocks), threads, tile.shared_bytes(per_launch))
+    groups = tuple(TreeGroup(begin, min(per_launch, trees - begin), begin > 0) for begin in range(0, trees, per_launch))
+    return TiledLaunchPlan(geometry, groups if rows else (), tile)
+
+
+@functools.lru_cache(maxsize=1024)
+def tiled_fff_launches(
+    rows: int,
+    trees: int,
+    depth: int,
+    d_in: int,
+    d_out: int,
+    itemsize: int,
+    compute_itemsize: int,
+    *,
+    warps_per_block: int = WARPS_PER_BLOCK,
+    shared_limit: int = HOPPER_SHARED_BYTES_OPTIN,
+    max_blocks: int = MAX_BLOCKS,
+) -> tuple[KernelLaunch, ...]:
+    """Every launch of one tiled ``fff`` call, in order; empty when ``rows`` is 0.
+
+    Pointer arguments, the caller's: ``x, w_in, b_in, w_out, y``; then ``rows, depth, d_in, d_out,
+    tree_begin, tree_count, accumulate, tile_rows, out_columns``.
+    """
+    plan = plan_tiled_launches(
+        rows,
+        trees,
+        depth,
+        d_in,
+        d_out,
+        itemsize,
+        compute_itemsize,
+        warps_per_block=warps_per_block,
+        shared_limit=shared_limit,
+        max_blocks=max_blocks,
+    )
+    return tuple(
+        KernelLaunch(
+            TILED_KERNEL_NAME,
+            plan.geometry,
+            (
+                rows,
+                depth,
+                d_in,
+                d_out,
+                group.tree_begin,
+                group.tree_count,
+                int(group.accumulate),
+                plan.tile.rows,
+                plan.tile.out_columns,
+            ),
         )
         for group in plan.groups
     )

@@ -12,7 +12,7 @@ import functools
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,9 +20,12 @@ from fffcore.arrays import array_type
 from fffcore.backends.cupy.kernel_plan import (
     CMM_SCALAR_DTYPES,
     FFF_SCALAR_DTYPES,
+    SHARED_BYTES_PER_BLOCK,
     SORTED_SCALAR_DTYPES,
+    TILED_SCALAR_DTYPES,
     TOP_WALK_SCALAR_DTYPES,
     WARPS_PER_BLOCK,
+    DtypeTraits,
     GroupedStep,
     KernelConfig,
     KernelLaunch,
@@ -33,12 +36,14 @@ from fffcore.backends.cupy.kernel_plan import (
     grouped_fff_launches,
     kernel_config,
     kernel_source,
+    tiled_fff_launches,
 )
 from fffcore.params import FFFParams
 
 
 class KernelCache:
-    """Compiled kernels, one module per (device, kernel variant); safe to use from several threads.
+    """Compiled kernels, one module per (device, kernel variant), and each device's shared-memory
+    limit; safe to use from several threads.
 
     cupy also keeps its own on-disk cache of NVRTC output (``~/.cupy/kernel_cache``),
     so a new process pays for module loading, not for compilation.
@@ -47,7 +52,29 @@ class KernelCache:
     def __init__(self) -> None:
         self._modules: dict[tuple[int, KernelConfig], Any] = {}
         self._functions: dict[tuple[int, KernelConfig, str], Any] = {}
+        self._shared_limits: dict[int, int] = {}
+        self._shared_allowed: dict[int, int] = {}
         self._lock = threading.Lock()
+
+    def shared_limit(self, cupy: Any, device_id: int) -> int:
+        """The dynamic shared memory a block may opt into on ``device_id``, in bytes, read once."""
+        limit = self._shared_limits.get(device_id)
+        if limit is None:
+            properties = cupy.cuda.runtime.getDeviceProperties(device_id)
+            limit = self._shared_limits.setdefault(device_id, int(properties["sharedMemPerBlockOptin"]))
+        return limit
+
+    def allow_dynamic_shared(self, kernel: Any, shared_bytes: int) -> None:
+        """Raise ``kernel``'s dynamic shared-memory limit to ``shared_bytes`` when that is over the
+        48 KiB every launch may take (a launch asking for more without the opt-in fails); the limit
+        a kernel of this cache was given is remembered, so the driver is asked once per kernel and size."""
+        if shared_bytes <= SHARED_BYTES_PER_BLOCK or self._shared_allowed.get(id(kernel), 0) >= shared_bytes:
+            return
+        with self._lock:
+            if kernel.max_dynamic_shared_size_bytes < shared_bytes:
+                kernel.max_dynamic_shared_size_bytes = shared_bytes
+            # Kernels live as long as this cache, so their ids are not reused meanwhile.
+            self._shared_allowed[id(kernel)] = max(shared_bytes, self._shared_allowed.get(id(kernel), 0))
 
     def function(self, cupy: Any, device_id: int, config: KernelConfig, name: str) -> Any:
         """The kernel ``name`` of ``config``'s variant on ``device_id`` (the current device)."""
@@ -223,16 +250,21 @@ def _launch(kernel: Any, launch: KernelLaunch, arrays: tuple[Any, ...], dtypes: 
     )
 
 
-#: The kernel variants of ``fff``: one warp per row in row order, or the row-grouped pair (top
-#: levels, a sort by subtree, the rest in sorted order; see fff_kernels.cu).
-FFF_VARIANTS = ("warp_per_row", "row_grouped")
+#: The kernel variants of ``fff``: one warp per row in row order; the row-grouped pair (top
+#: levels, a sort by subtree, the rest in sorted order); or tiled (a block walks a tile of rows
+#: level by level, their x in shared memory); see fff_kernels.cu.
+FFF_VARIANTS = ("warp_per_row", "row_grouped", "tiled")
 #: From this many rows the backend would take the row-grouped variant. None until a GPU run of
 #: benchmarks/studies/gpu_bench.py has measured where it starts to pay; until then it is run only on request.
 GROUPED_MIN_ROWS: int | None = None
+#: From this many rows the backend would take the tiled variant. None until a GPU run has measured
+#: where it pays; until then it is run only on request (``variant="tiled"``).
+TILED_MIN_ROWS: int | None = None
 
 
 def choose_variant(rows: int, depth: int, variant: str | None) -> str:
-    """The ``fff`` variant for a call: ``variant`` when given, else by :data:`GROUPED_MIN_ROWS`."""
+    """The ``fff`` variant for a call: ``variant`` when given, else by :data:`GROUPED_MIN_ROWS`
+    (:data:`TILED_MIN_ROWS` is not consulted until it is measured)."""
     if variant is not None:
         if variant not in FFF_VARIANTS:
             raise ValueError(f"variant: expected one of {FFF_VARIANTS} or None, got {variant!r}")
@@ -240,6 +272,36 @@ def choose_variant(rows: int, depth: int, variant: str | None) -> str:
     if GROUPED_MIN_ROWS is not None and rows >= GROUPED_MIN_ROWS and depth >= 1:
         return "row_grouped"
     return "warp_per_row"
+
+
+# A NamedTuple rather than a frozen dataclass: one is built on every call, at a third of the cost.
+class FFFCall(NamedTuple):
+    """One ``fff`` call on the device, as each variant's runner takes it.
+
+    Attributes:
+        cupy: the cupy module.
+        kernels: the compiled-kernel cache.
+        device_id: the device the arrays are on (the current device).
+        config: the compiled variant of the source.
+        traits: the params dtype's storage and arithmetic.
+        sizes: ``(rows, trees, depth, d_in, d_out)``, rows >= 1.
+        arrays: ``(x rows, w_in, b_in, w_out, y)``, C-contiguous device arrays (``b_in`` any valid
+            array when the layer has none).
+        warps_per_block: warps per block.
+    """
+
+    cupy: Any
+    kernels: KernelCache
+    device_id: int
+    config: KernelConfig
+    traits: DtypeTraits
+    sizes: tuple[int, int, int, int, int]
+    arrays: tuple[Any, ...]
+    warps_per_block: int
+
+    def kernel(self, name: str) -> Any:
+        """The compiled kernel ``name`` of this call's variant."""
+        return self.kernels.function(self.cupy, self.device_id, self.config, name)
 
 
 def run_fff(
@@ -280,35 +342,55 @@ def run_fff(
             )
             # Without a bias, w_in stands in for b_in: that variant never reads it.
             b_in = layer.w_in if layer.b_in is None else layer.b_in
-            sizes = (count, params.trees, params.depth, params.d_in, params.d_out, traits.compute_itemsize)
-            if chosen == "warp_per_row":
-                launches = fff_launches(*sizes, warps_per_block=warps_per_block)
-                kernel = kernels.function(cupy, prepared.device_id, config, launches[0].kernel)
-                for launch in launches:
-                    _launch(kernel, launch, (rows, layer.w_in, b_in, layer.w_out, y), FFF_SCALAR_DTYPES)
-            else:
-                steps = grouped_fff_launches(*sizes, warps_per_block=warps_per_block)
-                arrays = (rows, layer.w_in, b_in, layer.w_out, y)
-                _run_grouped(cupy, kernels, prepared.device_id, config, steps, traits.compute_itemsize, arrays)
+            call = FFFCall(
+                cupy,
+                kernels,
+                prepared.device_id,
+                config,
+                traits,
+                (count, params.trees, params.depth, params.d_in, params.d_out),
+                (rows, layer.w_in, b_in, layer.w_out, y),
+                warps_per_block,
+            )
+            _VARIANT_RUNNERS[chosen](call)
     return _give_back(cupy, prepared, y)
 
 
-def _run_grouped(
-    cupy: Any,
-    kernels: KernelCache,
-    device_id: int,
-    config: KernelConfig,
-    steps: tuple[GroupedStep, ...],
-    compute_itemsize: int,
-    arrays: tuple[Any, ...],
-) -> None:
-    """The row-grouped ``fff`` on ``arrays`` = (x rows, w_in, b_in, w_out, y): per tree group, the
-    top walk, the rows sorted by subtree on the device, the sorted walk."""
-    rows, w_in, b_in, w_out, y = arrays
+def _run_warp_per_row(call: FFFCall) -> None:
+    """The fused ``fff``, one warp per row: one launch per tree group."""
+    launches = fff_launches(*call.sizes, call.traits.compute_itemsize, warps_per_block=call.warps_per_block)
+    kernel = call.kernel(launches[0].kernel)
+    for launch in launches:
+        _launch(kernel, launch, call.arrays, FFF_SCALAR_DTYPES)
+
+
+def _run_tiled(call: FFFCall) -> None:
+    """The tiled ``fff``: one launch per tree group, its tile sized to the device's opt-in shared memory."""
+    launches = tiled_fff_launches(
+        *call.sizes,
+        call.traits.itemsize,
+        call.traits.compute_itemsize,
+        warps_per_block=call.warps_per_block,
+        shared_limit=call.kernels.shared_limit(call.cupy, call.device_id),
+    )
+    kernel = call.kernel(launches[0].kernel)
+    call.kernels.allow_dynamic_shared(kernel, launches[0].geometry.shared_bytes)
+    for launch in launches:
+        _launch(kernel, launch, call.arrays, TILED_SCALAR_DTYPES)
+
+
+def _run_grouped(call: FFFCall) -> None:
+    """The row-grouped ``fff``: per tree group, the top walk, the rows sorted by subtree on the
+    device, the sorted walk."""
+    cupy = call.cupy
+    rows, w_in, b_in, w_out, y = call.arrays
     count = int(rows.shape[0])
-    compute = np.float64 if compute_itemsize == 8 else np.float32
-    top_walk = kernels.function(cupy, device_id, config, steps[0].top_walk.kernel)
-    sorted_walk = kernels.function(cupy, device_id, config, steps[0].sorted.kernel)
+    compute = np.float64 if call.traits.compute_itemsize == 8 else np.float32
+    steps: tuple[GroupedStep, ...] = grouped_fff_launches(
+        *call.sizes, call.traits.compute_itemsize, warps_per_block=call.warps_per_block
+    )
+    top_walk = call.kernel(steps[0].top_walk.kernel)
+    sorted_walk = call.kernel(steps[0].sorted.kernel)
     for step in steps:
         top_acts = cupy.empty((count, step.tree_count, step.top_levels), dtype=compute)
         top_path = cupy.empty((count, step.tree_count, step.top_levels + 1), dtype=np.int32)
@@ -317,6 +399,10 @@ def _run_grouped(
         order = cupy.ascontiguousarray(cupy.argsort(keys), dtype=np.int64)
         walk = (rows, w_in, b_in, w_out, y, order, top_acts, top_path)
         _launch(sorted_walk, step.sorted, walk, SORTED_SCALAR_DTYPES)
+
+
+#: Each variant's runner, by the name ``run_fff`` takes.
+_VARIANT_RUNNERS = {"warp_per_row": _run_warp_per_row, "row_grouped": _run_grouped, "tiled": _run_tiled}
 
 
 def run_cmm(x: Any, params: FFFParams, kernels: KernelCache, weights: WeightCache) -> tuple[Any, Any]:

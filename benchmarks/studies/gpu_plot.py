@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: (results field, label, line style) for each dtype's rows, in legend order.
+#: (results field, label, line style) for each dtype's rows, in legend order; "a.b" is field b of object a.
+#: "{fff_dtype}" in a label is replaced by the rows' fff_dtype (files of schema 1 timed the float16
+#: variant on bfloat16 rows, and the bfloat16 kernels in fff_bfloat16_seconds).
 SERIES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "float32": (
         ("fff_seconds", "cupy FFF, float32", "-"),
         ("fff_grouped_seconds", "cupy FFF row-grouped, float32", "-"),
+        ("variant_seconds.tiled", "cupy FFF tiled, float32", "-"),
         ("fff_torch_seconds", "torch backend FFF, float32", "-"),
         ("paper_fff_seconds", "paper's FFF (gather + bmm), float32", "-."),
         ("dense_seconds", "dense cuBLAS, float32", "--"),
@@ -25,11 +28,27 @@ SERIES: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
     "bfloat16": (
         ("fff_bfloat16_seconds", "cupy FFF, bfloat16", "-"),
-        ("fff_seconds", "cupy FFF, float16 variant", "-"),
+        ("fff_seconds", "cupy FFF, {fff_dtype} kernels", "-"),
+        ("fff_grouped_seconds", "cupy FFF row-grouped, {fff_dtype} kernels", "-"),
+        ("variant_seconds.tiled", "cupy FFF tiled, {fff_dtype} kernels", "-"),
         ("fff_torch_seconds", "torch backend FFF, bfloat16", "-"),
         ("dense_seconds", "dense cuBLAS, bfloat16", "--"),
     ),
+    "float16": (
+        ("fff_seconds", "cupy FFF, float16", "-"),
+        ("fff_grouped_seconds", "cupy FFF row-grouped, float16", "-"),
+        ("variant_seconds.tiled", "cupy FFF tiled, float16", "-"),
+        ("dense_seconds", "dense cuBLAS, float16", "--"),
+    ),
 }
+
+
+def _field(row: dict[str, Any], path: str) -> Any:
+    """``row[a][b]`` for ``"a.b"``, ``row[a]`` for ``"a"``; None where missing."""
+    value: Any = row
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def series(report: dict[str, Any]) -> list[tuple[str, str, list[tuple[int, float]]]]:
@@ -37,10 +56,11 @@ def series(report: dict[str, Any]) -> list[tuple[str, str, list[tuple[int, float
     found = []
     for dtype, fields in SERIES.items():
         rows = sorted((r for r in report.get("results", []) if r.get("dtype") == dtype), key=lambda r: r["batch"])
+        fff_dtype = next((str(r.get("fff_dtype")) for r in rows), dtype)
         for field, label, style in fields:
-            points = [(int(r["batch"]), float(r[field])) for r in rows if r.get(field)]
+            points = [(int(r["batch"]), float(_field(r, field))) for r in rows if _field(r, field)]
             if points:
-                found.append((label, style, points))
+                found.append((label.replace("{fff_dtype}", fff_dtype), style, points))
     return found
 
 

@@ -80,20 +80,30 @@ def training_step(model: Any, learning_rate: float) -> Callable[[Any, Any], floa
     return step
 
 
-def time_steps(width: int, depth: int, batch: int, rounds: int) -> dict[str, Any]:
-    """Median seconds per training step of each implementation, measured round-robin."""
+def time_steps(
+    width: int, depth: int, batch: int, rounds: int, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, Any]:
+    """Median seconds per training step of each implementation, measured round-robin.
+
+    Layers and tensors in ``dtype`` on ``device``; the fffcore layers are one per available backend
+    that trains (declares ``backward``) on that device in that dtype. Each step ends by reading its
+    loss, which waits for the device, so the host clock times whole steps on CUDA too.
+    """
     import torch
 
     import fffcore
 
-    masked = masked_layer(width, width, depth, seed=0, dtype=torch.float32)
-    models = {"masked": masked, "dense 3072": dense_layer(width, 3072, torch.float32)}
-    for backend in ("numba", "torch"):
-        if any(row.name == backend and row.available for row in fffcore.list_backends()):
-            models[f"fffcore:{backend}"] = fff_layer_like(masked_layer(width, width, depth, 0, torch.float32), backend)
-    generator = torch.Generator().manual_seed(1)
-    inputs = [torch.randn(batch, width, generator=generator) for _ in range(4)]
-    target = torch.randn(batch, width, generator=generator)
+    torch_dtype = getattr(torch, dtype)
+    masked = masked_layer(width, width, depth, seed=0, dtype=torch_dtype).to(device)
+    models = {"masked": masked, "dense 3072": dense_layer(width, 3072, torch_dtype).to(device)}
+    for row in fffcore.list_backends():
+        trains_here = row.available and row.backward and device in row.devices and dtype in row.dtypes
+        if trains_here and row.name != "reference":
+            layer = fff_layer_like(masked_layer(width, width, depth, 0, torch_dtype), row.name)
+            models[f"fffcore:{row.name}"] = layer.to(device)
+    generator = torch.Generator(device=device).manual_seed(1)
+    inputs = [torch.randn(batch, width, generator=generator, device=device, dtype=torch_dtype) for _ in range(4)]
+    target = torch.randn(batch, width, generator=generator, device=device, dtype=torch_dtype)
     steps = {name: training_step(model, 1e-3) for name, model in models.items()}
     for step in steps.values():  # warm-up: compilation, first allocations
         step(inputs[0], target)
@@ -105,6 +115,8 @@ def time_steps(width: int, depth: int, batch: int, rounds: int) -> dict[str, Any
         "width": width,
         "depth": depth,
         "batch": batch,
+        "device": device,
+        "dtype": dtype,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
         "seconds": medians,

@@ -44,6 +44,7 @@ from fffcore.params import FFFParams
 from fffcore.reference.activations import activate
 from fffcore.reference.oracle import evaluate_path
 from fffcore.reference.plugin import ReferenceBackend
+from fffcore.spec import ACTIVATIONS
 
 PACKAGE_DIR = Path(kernel_plan.__file__).resolve().parent
 EMULATION_SOURCE = PACKAGE_DIR / "cpu_emulation.cpp"
@@ -126,6 +127,14 @@ KERNEL_SIGNATURES: dict[str, tuple[int, tuple[str, ...], bool]] = {
     kernel_plan.CMM_KERNEL_NAME: (5, kernel_plan.CMM_SCALAR_DTYPES, False),
     kernel_plan.TOP_WALK_KERNEL_NAME: (6, kernel_plan.TOP_WALK_SCALAR_DTYPES, False),
     kernel_plan.SORTED_KERNEL_NAME: (8, kernel_plan.SORTED_SCALAR_DTYPES, True),
+    kernel_plan.TILED_KERNEL_NAME: (5, kernel_plan.TILED_SCALAR_DTYPES, True),
+}
+#: Launch statuses of cpu_emulation.cpp's launch(), and what they would mean on a GPU.
+EMULATION_FAILURES = {
+    1: "a warp's shuffles or __syncwarp, or the block's __syncthreads, did not line up (undefined on a GPU)",
+    2: "a block size the emulator cannot run",
+    3: "the emulator could not start its threads",
+    4: "a block wrote past the end of its dynamic shared memory",
 }
 
 
@@ -133,7 +142,10 @@ def emulate_launch(library: ctypes.CDLL, launch: kernel_plan.KernelLaunch, point
     """Run one planned launch; pointers are the kernel's pointer arguments in order."""
     geometry = launch.geometry
     assert geometry.block % 32 == 0 and 0 < geometry.block <= 1024
-    assert geometry.shared_bytes <= kernel_plan.SHARED_BYTES_PER_BLOCK
+    # Only the tiled kernel opts into more than the 48 KiB every device grants.
+    opt_in = launch.kernel == kernel_plan.TILED_KERNEL_NAME
+    limit = kernel_plan.HOPPER_SHARED_BYTES_OPTIN if opt_in else kernel_plan.SHARED_BYTES_PER_BLOCK
+    assert geometry.shared_bytes <= limit
     pointer_count, scalar_dtypes, takes_shared = KERNEL_SIGNATURES[launch.kernel]
     assert len(pointers) == pointer_count
     shared = [ctypes.c_ulonglong(geometry.shared_bytes)] if takes_shared else []
@@ -146,7 +158,7 @@ def emulate_launch(library: ctypes.CDLL, launch: kernel_plan.KernelLaunch, point
         *pointers,
         *_scalars(launch.scalars, scalar_dtypes),
     )
-    assert status == 0, "a warp's shuffles or __syncwarp did not line up (the launch would be undefined on a GPU)"
+    assert status == 0, EMULATION_FAILURES.get(status, f"emulator status {status}")
 
 
 def poisoned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -610,6 +622,275 @@ def test_bfloat16_kernels_match_the_oracle(
     check_against_oracle(x, params, logits, nodes, y, dtype="bfloat16", accumulation="float32")
 
 
+# --- the tiled variant -----------------------------------------------------------------------------
+
+
+def emulate_tiled(
+    emulators: Emulators,
+    x: np.ndarray,
+    w_in: np.ndarray,
+    b_in: np.ndarray | None,
+    w_out: np.ndarray,
+    *,
+    dtype: str,
+    activation: str,
+    **plan_options: Any,
+) -> tuple[np.ndarray, tuple[kernel_plan.KernelLaunch, ...]]:
+    """(y, launches) of the emulated tiled kernel on raw storage arrays (bfloat16 as uint16 words),
+    planned as the backend plans it; plan_options go to the planner (warps, shared limit, block cap)."""
+    traits = kernel_plan.dtype_traits(dtype)
+    trees, nodes, d_in = w_in.shape
+    rows, d_out = x.shape[0], w_out.shape[2]
+    y = poisoned((rows, d_out), x.dtype)
+    config = kernel_plan.kernel_config(
+        dtype=dtype,
+        activation=activation,
+        has_bias=b_in is not None,
+        d_in=d_in,
+        d_out=d_out,
+        in_addresses=(x.ctypes.data, w_in.ctypes.data),
+        out_addresses=(w_out.ctypes.data, y.ctypes.data),
+        warps_per_block=plan_options.get("warps_per_block", kernel_plan.WARPS_PER_BLOCK),
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    depth = (nodes + 1).bit_length() - 2
+    launches = kernel_plan.tiled_fff_launches(
+        rows, trees, depth, d_in, d_out, traits.itemsize, traits.compute_itemsize, **plan_options
+    )
+    pointers = [_pointer(a) for a in (x, w_in, w_in if b_in is None else b_in, w_out, y)]
+    for launch in launches:
+        emulate_launch(library, launch, pointers)
+    return y, launches
+
+
+def run_tiled(
+    emulators: Emulators, x: np.ndarray, params: FFFParams, **plan_options: Any
+) -> tuple[np.ndarray, tuple[kernel_plan.KernelLaunch, ...]]:
+    """(y, launches) of the emulated tiled kernel for a numpy layer."""
+    arrays = (params.w_in, params.b_in, params.w_out)
+    return emulate_tiled(emulators, x, *arrays, dtype=params.dtype, activation=params.activation, **plan_options)
+
+
+def limit_for_tile(tile_rows: int, d_in: int, d_out: int, depth: int, trees: int, dtype: str, warps: int) -> int:
+    """The shared-memory limit under which the tiled plan takes tiles of ``tile_rows`` rows and
+    walks all ``trees`` in one launch (twice the rows would not fit)."""
+    traits = kernel_plan.dtype_traits(dtype)
+    shape = kernel_plan.tile_shape(
+        tile_rows, d_in, d_out, depth + 1, traits.itemsize, traits.compute_itemsize, warps * 32
+    )
+    return shape.shared_bytes(trees)
+
+
+def tiled_options(plan: dict[str, int], d_in: int, d_out: int, depth: int, trees: int, dtype: str) -> dict[str, int]:
+    """Plan options from a case: ``tile_rows`` becomes the shared limit that gives that tile."""
+    options = {key: value for key, value in plan.items() if key != "tile_rows"}
+    warps = options.setdefault("warps_per_block", kernel_plan.WARPS_PER_BLOCK)
+    options["shared_limit"] = limit_for_tile(plan["tile_rows"], d_in, d_out, depth, trees, dtype, warps)
+    return options
+
+
+# (dtype, activation, bias, d_in, d_out, depth, trees, rows, plan): small tiles keep the emulation
+# short (each CUDA thread is a POSIX thread); one case runs the real 128-row tile on a narrow layer.
+#: Tiles of 8 rows for blocks of 2 warps (4 rows per warp and level), the most common plan below.
+EIGHT_ROWS = {"tile_rows": 8, "warps_per_block": 2}
+TILED_CASES = [
+    pytest.param(
+        "float32", "gelu", True, 96, 64, 3, 1, 37, {**EIGHT_ROWS, "max_blocks": 2}, id="f32-vec4-5-tiles-strided"
+    ),
+    pytest.param("float64", "gelu_tanh", False, 40, 24, 2, 2, 5, EIGHT_ROWS, id="f64-nobias-vec2-batch-under-a-tile"),
+    pytest.param("float32", "relu", True, 5, 300, 4, 3, 40, {**EIGHT_ROWS, "tile_rows": 16}, id="f32-scalar-5-chunks"),
+    pytest.param("float32", "silu", False, 256, 200, 2, 1, 20, EIGHT_ROWS, id="f32-nobias-4-columns-per-thread"),
+    pytest.param(
+        "float64", "identity", True, 2100, 8, 2, 1, 9, {**EIGHT_ROWS, "warps_per_block": 1}, id="f64-streamed"
+    ),
+    pytest.param("float32", "gelu", True, 64, 32, 0, 4, 12, EIGHT_ROWS, id="f32-depth-0-four-trees"),
+    pytest.param("float16", "gelu", True, 200, 40, 3, 2, 19, EIGHT_ROWS, id="f16-gelu-vec8"),
+    pytest.param("float16", "silu", False, 30, 6, 2, 1, 11, EIGHT_ROWS, id="f16-silu-scalar-loads"),
+    pytest.param("float32", "gelu_tanh", True, 8, 8, 3, 1, 136, {**EIGHT_ROWS, "tile_rows": 128}, id="f32-tile-128"),
+]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "activation", "bias", "d_in", "d_out", "depth", "trees", "rows", "plan"), TILED_CASES
+)
+def test_tiled_kernel_gives_the_bits_of_the_warp_per_row_kernel(
+    emulators: Emulators,
+    dtype: str,
+    activation: str,
+    bias: bool,
+    d_in: int,
+    d_out: int,
+    depth: int,
+    trees: int,
+    rows: int,
+    plan: dict[str, int],
+) -> None:
+    # Each logit is the warp-per-row kernel's dot product (the same lanes, products and butterfly,
+    # then the bias and the rounding) and each output element its sum over trees, then levels, from
+    # 0 in compute_t: with all trees in one launch in both, the bits agree.
+    params = FFFParams.random(d_in, d_out, depth, trees, bias=bias, activation=activation, dtype=dtype, seed=rows)
+    x = rows_for(params, rows, seed=d_in)
+    options = tiled_options(plan, d_in, d_out, depth, trees, dtype)
+    tiled, launches = run_tiled(emulators, x, params, **options)
+    assert [launch.scalars[4:8] for launch in launches] == [(0, trees, 0, plan["tile_rows"])]
+    assert launches[0].geometry.grid == min(-(-rows // plan["tile_rows"]), plan.get("max_blocks", rows))
+    logits, nodes, y, _, _ = run_kernels(emulators, x, params, warps_per_block=options["warps_per_block"])
+    np.testing.assert_array_equal(tiled.view(np.uint8), y.view(np.uint8))
+    check_against_oracle(x, params, logits, nodes, tiled)
+    again, _ = run_tiled(emulators, x, params, **options)
+    np.testing.assert_array_equal(again.view(np.uint8), tiled.view(np.uint8))  # a fixed sum order: repeatable
+
+
+def test_tiled_cases_cover_their_variants() -> None:
+    """Pins the tiled cases above to the compiled variants and plans they are meant to exercise."""
+    configs, shapes = {}, {}
+    for case in TILED_CASES:
+        dtype, activation, bias, d_in, d_out, depth, trees, _, plan = case.values
+        traits = kernel_plan.dtype_traits(dtype)
+        options = tiled_options(plan, d_in, d_out, depth, trees, dtype)
+        configs[case.id] = kernel_plan.kernel_config(
+            dtype=dtype,
+            activation=activation,
+            has_bias=bias,
+            d_in=d_in,
+            d_out=d_out,
+            in_addresses=(0,),
+            out_addresses=(0,),
+        )
+        threads = options["warps_per_block"] * 32
+        sizes = (d_in, d_out, depth + 1, traits.itemsize, traits.compute_itemsize, threads)
+        shapes[case.id] = kernel_plan.choose_tile(*sizes, options["shared_limit"])
+    assert {case.values[1] for case in TILED_CASES} == set(ACTIVATIONS)
+    assert configs["f32-scalar-5-chunks"].vec_in == 1
+    assert shapes["f32-scalar-5-chunks"].out_columns == 64  # 300 columns in 5 chunks
+    assert shapes["f32-nobias-4-columns-per-thread"].out_columns == 4 * 64
+    assert configs["f64-streamed"].x_chunks == 0
+    assert configs["f16-gelu-vec8"].vec_in == 8 and configs["f16-silu-scalar-loads"].vec_in == 1
+    assert shapes["f32-tile-128"].rows == kernel_plan.TILE_MAX_ROWS
+
+
+def test_tiled_tree_groups_accumulate_with_the_bits_of_the_warp_per_row_kernel(emulators: Emulators) -> None:
+    params = FFFParams.random(32, 12, 2, 5, dtype="float64", activation="silu", seed=5)
+    x = rows_for(params, 19, seed=6)
+    # Room for the walks of 2 trees beside the tile: groups of 2, 2 and 1, the last two accumulating.
+    options = {"warps_per_block": 2, "shared_limit": limit_for_tile(8, 32, 12, 2, 2, "float64", 2)}
+    tiled, launches = run_tiled(emulators, x, params, **options)
+    assert [launch.scalars[4:7] for launch in launches] == [(0, 2, 0), (2, 2, 1), (4, 1, 1)]
+    # The warp-per-row kernel in the same groups rounds y at the same points.
+    limit = kernel_plan.shared_bytes_for(2, 2, 3, 8)
+    logits, nodes, y, _, grouped = run_kernels(emulators, x, params, warps_per_block=2, shared_limit=limit)
+    assert [launch.scalars[4:7] for launch in grouped] == [(0, 2, 0), (2, 2, 1), (4, 1, 1)]
+    np.testing.assert_array_equal(tiled.view(np.uint8), y.view(np.uint8))
+    check_against_oracle(x, params, logits, nodes, tiled)
+
+
+def test_tiled_ties_and_nan_go_left(emulators: Emulators) -> None:
+    """Rows of zeros have logit exactly 0 at every level (no bias): they go left all the way, among
+    rows that go elsewhere, so runs of a tile split unevenly; a NaN row goes left and gives NaN."""
+    params = FFFParams.random(32, 8, 3, 2, bias=False, activation="relu", dtype="float32", seed=27)
+    x = rows_for(params, 21, seed=28)
+    x[[0, 4, 5, 13, 20]] = 0
+    x[9, 7] = np.nan
+    options = {"warps_per_block": 2, "shared_limit": limit_for_tile(8, 32, 8, 3, 2, "float32", 2)}
+    tiled, _ = run_tiled(emulators, x, params, **options)
+    logits, nodes, y, _, _ = run_kernels(emulators, x, params, warps_per_block=2)
+    left_path = [0, 1, 3, 7]
+    assert np.all(logits[[0, 4, 5, 13, 20]] == 0) and np.all(nodes[[0, 4, 5, 13, 20]] == left_path)
+    assert np.all(tiled[[0, 4, 5, 13, 20]] == 0)  # relu(0) = 0 at every level
+    assert np.all(nodes[9] == left_path) and np.all(np.isnan(tiled[9]))
+    np.testing.assert_array_equal(tiled, y)  # NaN where y has NaN
+    finite = [row for row in range(21) if row != 9]
+    check_against_oracle(x[finite], params, logits[finite], nodes[finite], tiled[finite])
+
+
+@pytest.mark.parametrize(
+    ("activation", "bias", "d_in", "d_out", "depth", "trees", "rows"),
+    [
+        pytest.param("gelu", True, 200, 40, 3, 2, 19, id="bf16-gelu-vec8"),
+        pytest.param("relu", False, 30, 6, 2, 1, 11, id="bf16-relu-scalar-loads"),
+    ],
+)
+def test_tiled_bfloat16_kernel_gives_the_bits_of_the_warp_per_row_kernel(
+    emulators: Emulators, activation: str, bias: bool, d_in: int, d_out: int, depth: int, trees: int, rows: int
+) -> None:
+    wide = FFFParams.random(d_in, d_out, depth, trees, bias=bias, activation=activation, dtype="float32", seed=d_in)
+    bits = {name: bfloat16_bits(getattr(wide, name)) for name in ("w_in", "w_out") + (("b_in",) if bias else ())}
+    x_bits = bfloat16_bits(np.random.default_rng(rows).standard_normal((rows, d_in)))
+    options = {"warps_per_block": 2, "shared_limit": limit_for_tile(8, d_in, d_out, depth, trees, "bfloat16", 2)}
+    b_bits = bits["b_in"] if bias else None
+    tiled_bits, launches = emulate_tiled(
+        emulators, x_bits, bits["w_in"], b_bits, bits["w_out"], dtype="bfloat16", activation=activation, **options
+    )
+    assert launches[0].scalars[7] == 8
+    # The warp-per-row kernel and cmm on the same words, as the bfloat16 oracle test runs them.
+    y_bits = np.full((rows, d_out), 0xFF7F, dtype=np.uint16)
+    logit_bits = np.full((rows, trees, depth + 1), 0xFF7F, dtype=np.uint16)
+    nodes = poisoned((rows, trees, depth + 1), np.int64)
+    config = kernel_plan.kernel_config(
+        dtype="bfloat16",
+        activation=activation,
+        has_bias=bias,
+        d_in=d_in,
+        d_out=d_out,
+        in_addresses=(x_bits.ctypes.data, bits["w_in"].ctypes.data),
+        out_addresses=(bits["w_out"].ctypes.data, y_bits.ctypes.data),
+        warps_per_block=2,
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    b_in = bits["b_in"] if bias else bits["w_in"]
+    for launch in kernel_plan.fff_launches(rows, trees, depth, d_in, d_out, 4, warps_per_block=2):
+        emulate_launch(library, launch, [_pointer(a) for a in (x_bits, bits["w_in"], b_in, bits["w_out"], y_bits)])
+    for launch in kernel_plan.cmm_launches(rows, trees, depth, d_in, warps_per_block=2):
+        emulate_launch(library, launch, [_pointer(a) for a in (x_bits, bits["w_in"], b_in, logit_bits, nodes)])
+    np.testing.assert_array_equal(tiled_bits, y_bits)
+    params = FFFParams(
+        bfloat16_values(bits["w_in"]),
+        bfloat16_values(bits["b_in"]) if bias else None,
+        bfloat16_values(bits["w_out"]),
+        activation,
+    )
+    check_against_oracle(
+        bfloat16_values(x_bits),
+        params,
+        bfloat16_values(logit_bits),
+        nodes,
+        bfloat16_values(tiled_bits),
+        dtype="bfloat16",
+        accumulation="float32",
+    )
+
+
+def test_the_emulator_catches_a_tiled_launch_short_of_shared_memory(emulators: Emulators) -> None:
+    """The emulator's canary past the block's shared memory: a launch planned 16 bytes short fails."""
+    params = FFFParams.random(16, 8, 2, 1, dtype="float32", seed=29)
+    x = rows_for(params, 8, seed=30)
+    options = {"warps_per_block": 1, "shared_limit": limit_for_tile(8, 16, 8, 2, 1, "float32", 1)}
+    (launch,) = kernel_plan.tiled_fff_launches(8, 1, 2, 16, 8, 4, 4, **options)
+    short = kernel_plan.KernelLaunch(
+        launch.kernel,
+        kernel_plan.LaunchGeometry(launch.geometry.grid, launch.geometry.block, launch.geometry.shared_bytes - 16),
+        launch.scalars,
+    )
+    y = poisoned((8, 8), np.float32)
+    config = kernel_plan.kernel_config(
+        dtype="float32",
+        activation="gelu",
+        has_bias=True,
+        d_in=16,
+        d_out=8,
+        in_addresses=(x.ctypes.data, params.w_in.ctypes.data),
+        out_addresses=(params.w_out.ctypes.data, y.ctypes.data),
+        warps_per_block=1,
+    )
+    library = emulators.library(kernel_plan.compile_options(config))
+    pointers = [_pointer(a) for a in (x, params.w_in, params.b_in, params.w_out, y)]
+    with pytest.raises(AssertionError, match="wrote past the end of its dynamic shared memory"):
+        emulate_launch(library, short, pointers)
+    emulate_launch(library, launch, pointers)  # the planned size is enough
+    logits, nodes = ReferenceBackend().cmm(x, params)
+    check_against_oracle(x, params, logits, nodes, y)
+
+
 # --- backend level, through a numpy-backed stand-in for cupy ---------------------------------------
 
 
@@ -650,6 +931,16 @@ class FakeKernel:
         self.fake = fake
         self.options = options
         self.name = name
+        self._max_dynamic_shared = kernel_plan.SHARED_BYTES_PER_BLOCK  # CUDA's default, without an opt-in
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:  # cupy's RawKernel attribute
+        return self._max_dynamic_shared
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value: int) -> None:
+        assert value <= self.fake.shared_optin, "more dynamic shared memory than the device allows a block"
+        self._max_dynamic_shared = value
 
     def __call__(
         self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...], shared_mem: int = 0
@@ -660,6 +951,7 @@ class FakeKernel:
         assert all(a.flags.c_contiguous for a in pointers)
         assert [np.asarray(s).dtype.name for s in scalars] == list(dtypes), "scalar arguments at the wrong widths"
         assert all(isinstance(s, np.generic) for s in scalars)
+        assert shared_mem <= self._max_dynamic_shared, "a launch over the kernel's dynamic shared-memory limit fails"
         launch = kernel_plan.KernelLaunch(
             self.name,
             kernel_plan.LaunchGeometry(int(grid[0]), int(block[0]), int(shared_mem)),
@@ -689,7 +981,14 @@ class FakeCupy(types.ModuleType):
         self.emulators = emulators
         self.launches: list[kernel_plan.KernelLaunch] = []
         self.modules_built = 0
-        self.cuda = types.SimpleNamespace(Device=FakeDevice)
+        # What a block may opt into; the tests lower it to see the tile follow the device.
+        self.shared_optin = kernel_plan.HOPPER_SHARED_BYTES_OPTIN
+        runtime = types.SimpleNamespace(getDeviceProperties=self.device_properties)
+        self.cuda = types.SimpleNamespace(Device=FakeDevice, runtime=runtime)
+
+    def device_properties(self, device_id: int) -> dict[str, int]:
+        assert device_id == 0, "the stand-in has one device"
+        return {"sharedMemPerBlockOptin": self.shared_optin, "sharedMemPerBlock": kernel_plan.SHARED_BYTES_PER_BLOCK}
 
     def RawModule(self, *, code: str, options: tuple[str, ...]) -> FakeModule:  # cupy's name
         self.modules_built += 1
@@ -816,13 +1115,48 @@ def test_the_row_grouped_variant_runs_through_the_runtime_with_the_same_bits(fak
     np.testing.assert_array_equal(grouped, expected)
 
 
+def test_the_tiled_variant_runs_through_the_runtime_with_the_same_bits(fake_cupy: FakeCupy) -> None:
+    from fffcore.backends.cupy import runtime
+
+    params = FFFParams.random(48, 16, 4, 2, activation="gelu", dtype="float32", seed=45)
+    x = rows_for(params, 70, seed=46)
+    # A device that lets a block opt into 100000 bytes: tiles of 128 rows would need 131072 for the
+    # sums of one column per thread, so the runtime must read the limit and take 64.
+    fake_cupy.shared_optin = 100_000
+    kernels, weights = runtime.KernelCache(), runtime.WeightCache()
+    expected = runtime.run_fff(x, params, kernels, weights, variant="warp_per_row")
+    fake_cupy.launches.clear()
+    tiled = runtime.run_fff(x, params, kernels, weights, variant="tiled")
+    (launch,) = fake_cupy.launches
+    assert launch.kernel == kernel_plan.TILED_KERNEL_NAME and launch.scalars[7] == 64
+    assert (launch.geometry.grid, launch.geometry.block) == (2, 256)
+    assert kernel_plan.SHARED_BYTES_PER_BLOCK < launch.geometry.shared_bytes <= fake_cupy.shared_optin
+    assert fake_cupy.modules_built == 1  # every kernel of a variant comes from one compiled module
+    np.testing.assert_array_equal(tiled, expected)
+    np.testing.assert_array_equal(runtime.run_fff(x, params, kernels, weights, variant="tiled"), tiled)
+    assert fake_cupy.launches[-1].geometry.shared_bytes == launch.geometry.shared_bytes
+
+
+def test_the_tiled_variant_says_when_a_tile_does_not_fit(fake_cupy: FakeCupy) -> None:
+    from fffcore.backends.cupy import runtime
+
+    params = FFFParams.random(4096, 8, 2, 1, dtype="float64", seed=47)
+    x = rows_for(params, 3, seed=48)
+    # 8 rows of 4096 float64 are 262144 bytes, over the 232448 a Hopper block may opt into.
+    with pytest.raises(ValueError, match=r"params: the tiled variant needs a tile of at least 8 rows"):
+        runtime.run_fff(x, params, runtime.KernelCache(), runtime.WeightCache(), variant="tiled")
+    assert fake_cupy.launches == []
+
+
 def test_the_backend_takes_the_warp_per_row_variant_until_a_crossover_is_measured() -> None:
     from fffcore.backends.cupy import runtime
 
     assert runtime.GROUPED_MIN_ROWS is None  # no GPU run has measured where grouping starts to pay
+    assert runtime.TILED_MIN_ROWS is None  # nor where tiles do
     assert runtime.choose_variant(2**20, 11, None) == "warp_per_row"
     assert runtime.choose_variant(5, 11, "row_grouped") == "row_grouped"
-    with pytest.raises(ValueError, match=r"variant: expected one of \('warp_per_row', 'row_grouped'\)"):
+    assert runtime.choose_variant(5, 0, "tiled") == "tiled"
+    with pytest.raises(ValueError, match=r"variant: expected one of \('warp_per_row', 'row_grouped', 'tiled'\)"):
         runtime.choose_variant(5, 11, "grouped")
 
 

@@ -13,6 +13,7 @@ from fffcore.backends.cupy.kernel_plan import (
     LaunchGeometry,
     TreeGroup,
     check_compute_capability,
+    choose_tile,
     cmm_launches,
     compile_options,
     dtype_traits,
@@ -21,8 +22,11 @@ from fffcore.backends.cupy.kernel_plan import (
     kernel_source,
     plan_cmm_launch,
     plan_fff_launches,
+    plan_tiled_launches,
     register_chunks,
     shared_bytes_for,
+    tile_shape,
+    tiled_fff_launches,
     vector_width,
 )
 from fffcore.spec import ACTIVATIONS
@@ -275,7 +279,8 @@ def _scalar_parameters(kernel: str) -> list[str]:
 def test_scalar_argument_widths_match_the_kernel_signatures() -> None:
     assert _scalar_parameters(kernel_plan.FFF_KERNEL_NAME) == list(kernel_plan.FFF_SCALAR_DTYPES)
     assert _scalar_parameters(kernel_plan.CMM_KERNEL_NAME) == list(kernel_plan.CMM_SCALAR_DTYPES)
-    for name in (kernel_plan.FFF_KERNEL_NAME, kernel_plan.CMM_KERNEL_NAME):
+    assert _scalar_parameters(kernel_plan.TILED_KERNEL_NAME) == list(kernel_plan.TILED_SCALAR_DTYPES)
+    for name in (kernel_plan.FFF_KERNEL_NAME, kernel_plan.CMM_KERNEL_NAME, kernel_plan.TILED_KERNEL_NAME):
         assert re.search(rf'extern "C" __global__ void __launch_bounds__\([^)]*\)\n{name}\(', SOURCE)
 
 
@@ -303,3 +308,117 @@ def test_flops_and_bytes_of_the_benchmark_layer() -> None:
     # About 4.8 FLOP per byte, under an H200's float32 balance point (67 TFLOP/s over 4.8 TB/s, about 14):
     # the layer is memory-bound, so the kernel is designed around loads, not arithmetic.
     assert flops / moved < 67e12 / 4.8e12
+
+
+# --- the tiled variant ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tile_rows", "trees_per_launch"),
+    [("bfloat16", 128, 2), ("float16", 128, 2), ("float32", 64, 5), ("float64", 32, 7)],
+)
+def test_tiles_of_the_benchmark_layer_on_hopper(dtype: str, tile_rows: int, trees_per_launch: int) -> None:
+    traits = dtype_traits(dtype)
+    plan = plan_tiled_launches(16384, 16, 11, 768, 768, traits.itemsize, traits.compute_itemsize)
+    assert plan.tile.rows == tile_rows
+    # x of the tile is 192 KiB in every dtype at width 768; the walks of the trees fill the rest.
+    assert plan.tile.tile_bytes == tile_rows * 768 * traits.itemsize == 196608
+    assert plan.groups[0] == TreeGroup(0, trees_per_launch, False)
+    assert all(group.accumulate for group in plan.groups[1:])
+    assert sum(group.tree_count for group in plan.groups) == 16
+    assert plan.geometry == LaunchGeometry(16384 // tile_rows, 256, plan.tile.shared_bytes(trees_per_launch))
+    assert plan.geometry.shared_bytes <= kernel_plan.HOPPER_SHARED_BYTES_OPTIN == 232448
+    assert plan.tile.shared_bytes(trees_per_launch + 1) > kernel_plan.HOPPER_SHARED_BYTES_OPTIN
+
+
+def test_the_tile_layout_adds_up() -> None:
+    # float32, width 768, depth 11, 8 warps, 64 rows: x (64 x 768 x 4), then per tree 12 levels of
+    # (4-byte act, 4-byte node, 1-byte row) per row, then 5 int32 of scratch per row.
+    shape = tile_shape(64, 768, 768, 12, 4, 4, 256)
+    assert (shape.tile_bytes, shape.tree_bytes, shape.scratch_bytes) == (196608, 12 * 64 * 9, 5 * 64 * 4)
+    assert shape.shared_bytes(2) == 196608 + 2 * 12 * 64 * 9 + 5 * 64 * 4
+    # Three columns per thread cover the 768 outputs in one chunk; the sums (64 x 768 x 4) fill the x tile.
+    assert shape.out_columns == 768 and 64 * shape.out_columns * 4 <= shape.tile_bytes
+
+
+@pytest.mark.parametrize(
+    ("d_in", "d_out", "itemsize", "compute_itemsize", "threads", "out_columns", "tile_bytes"),
+    [
+        (768, 768, 2, 4, 256, 256, 128 * 768 * 2),  # 16-bit x holds the sums of one column per thread
+        (8, 8, 4, 4, 64, 64, 128 * 64 * 4),  # narrow x: the tile is sized by the sums instead
+        (4096, 4096, 4, 4, 256, 1024, 128 * 4096 * 4),  # four columns per thread at most
+        (4096, 300, 4, 4, 256, 512, 128 * 4096 * 4),  # no more than d_out needs
+        (5, 12, 8, 8, 32, 32, 128 * 32 * 8 // 16 * 16),
+        (3, 1, 4, 4, 32, 32, 128 * 32 * 4),
+    ],
+)
+def test_output_chunks_fit_in_the_x_tile(
+    d_in: int, d_out: int, itemsize: int, compute_itemsize: int, threads: int, out_columns: int, tile_bytes: int
+) -> None:
+    shape = tile_shape(128, d_in, d_out, 4, itemsize, compute_itemsize, threads)
+    assert (shape.out_columns, shape.tile_bytes) == (out_columns, tile_bytes)
+    assert shape.out_columns % threads == 0
+    assert shape.out_columns <= kernel_plan.TILE_COLUMN_GROUPS * threads
+    assert 128 * shape.out_columns * compute_itemsize <= shape.tile_bytes
+    assert 128 * d_in * itemsize <= shape.tile_bytes and shape.tile_bytes % 16 == 0
+
+
+def test_the_tile_halves_until_it_fits_and_stops_at_8_rows() -> None:
+    # float32 at width 4096: x of 8 rows is 128 KiB; 16 rows would be 256 KiB.
+    plan = plan_tiled_launches(100, 1, 11, 4096, 4096, 4, 4)
+    assert plan.tile.rows == 8 and plan.geometry.grid == 13
+    assert choose_tile(768, 768, 12, 4, 4, 256, 100_000).rows == 16  # a device with less to opt into
+    message = (
+        "params: the tiled variant needs a tile of at least 8 rows in shared memory; 8 rows of x "
+        "(d_in 4096, 8-byte elements) and the walk of one tree of 12 levels need"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan_tiled_launches(100, 1, 11, 4096, 4096, 8, 8)
+
+
+def test_tiled_launches_cover_every_row_and_follow_the_kernel_signature() -> None:
+    launches = tiled_fff_launches(200, 3, 4, 96, 64, 4, 4, warps_per_block=2, shared_limit=20_000)
+    (launch,) = launches
+    assert launch.kernel == kernel_plan.TILED_KERNEL_NAME
+    tile_rows, out_columns = launch.scalars[7:]
+    assert launch.scalars == (200, 4, 96, 64, 0, 3, 0, tile_rows, out_columns)
+    assert tile_rows == 32 and launch.geometry.grid * tile_rows >= 200
+    assert launch.geometry.block == 64 and out_columns == 64
+    assert len(launch.scalars) == len(kernel_plan.TILED_SCALAR_DTYPES)
+    # The grid is capped; the kernel strides over the other tiles.
+    (capped,) = tiled_fff_launches(200, 3, 4, 96, 64, 4, 4, warps_per_block=2, shared_limit=20_000, max_blocks=3)
+    assert capped.geometry.grid == 3
+    assert tiled_fff_launches(0, 3, 4, 96, 64, 4, 4) == ()
+
+
+def test_tiled_tree_groups_when_the_walks_do_not_fit_together() -> None:
+    one = tile_shape(8, 32, 12, 3, 8, 8, 64)
+    plan = plan_tiled_launches(19, 5, 2, 32, 12, 8, 8, warps_per_block=2, shared_limit=one.shared_bytes(2))
+    assert plan.tile.rows == 8
+    assert plan.groups == (TreeGroup(0, 2, False), TreeGroup(2, 2, True), TreeGroup(4, 1, True))
+    assert plan.geometry.shared_bytes == one.shared_bytes(2)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: plan_tiled_launches(-1, 1, 3, 8, 8, 4, 4), "x: expected a batch of rows >= 0, got -1"),
+        (lambda: plan_tiled_launches(4, 0, 3, 8, 8, 4, 4), "params.trees: expected >= 1, got 0"),
+        (lambda: plan_tiled_launches(4, 1, 31, 8, 8, 4, 4), "params.depth: the cupy backend supports depth <= 30"),
+        (
+            lambda: plan_tiled_launches(4, 1, 3, 8, 8, 4, 4, warps_per_block=33),
+            "warps_per_block: expected 1 to 32 (1024 threads), got 33",
+        ),
+    ],
+)
+def test_impossible_tiled_launches_are_rejected_with_the_argument_named(call: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()  # type: ignore[operator]
+
+
+def test_tile_constants_match_the_source() -> None:
+    assert re.search(rf"#define FFF_TILE_MAX_ROWS {kernel_plan.TILE_MAX_ROWS}\n", SOURCE)
+    assert re.search(rf"#define FFF_TILE_COLUMN_GROUPS {kernel_plan.TILE_COLUMN_GROUPS}\n", SOURCE)
+    # Positions and rows of a tile are stored as bytes.
+    assert kernel_plan.TILE_MAX_ROWS <= 256 and kernel_plan.TILE_MIN_ROWS <= kernel_plan.TILE_MAX_ROWS
+    assert kernel_plan.HOPPER_SHARED_BYTES_OPTIN == 227 * 1024

@@ -260,7 +260,7 @@ def test_strided_empty_and_side_stream_cuda_tensors_reach_cupy_correctly():
     wide = torch.randn(64, 12, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # not the default stream: DLPack's exchange orders the work
+    with torch.cuda.stream(side):  # not the default stream: cupy's work runs on it, its output torch's
         on_side = fffcore.fff(2 * wide[:32, :6], params)
     side.synchronize()
     for x, y in ((wide[:, ::2], fffcore.fff(wide[:, ::2], params)), (2 * wide[:32, :6], on_side)):
@@ -313,3 +313,132 @@ def test_numpy_arrays_torch_cannot_share_are_copied_once_for_a_torch_backend(lay
     assert isinstance(y, np.ndarray)
     np.testing.assert_array_equal(y, fffcore.fff(x, PARAMS, backend="reference"))
     assert given.tobytes() == before
+
+
+# --- CUDA streams other than the default one --------------------------------------------------------
+
+
+class _StandInCupy:
+    """Just enough of cupy.cuda for the stream context: what was entered, what was allocated."""
+
+    def __init__(self) -> None:
+        import types
+
+        self.entered: list[tuple[str, object]] = []
+        self.allocator = None
+        self.current_stream = 0
+        outer = self
+
+        class Device:
+            def __init__(self, index=None):
+                self.id = 3 if index is None else index
+
+            def __enter__(self):
+                outer.entered.append(("device", self.id))
+
+            def __exit__(self, *args):
+                outer.entered.append(("device exit", self.id))
+
+        class ExternalStream:
+            def __init__(self, ptr, device_id=-1):
+                self.ptr, self.device_id = ptr, device_id
+
+            def __enter__(self):
+                outer.entered.append(("stream", (self.ptr, self.device_id)))
+                outer.current_stream = self.ptr
+
+            def __exit__(self, *args):
+                outer.current_stream = 0
+
+        class UsingAllocator:
+            def __init__(self, allocator):
+                self.new = allocator
+
+            def __enter__(self):
+                outer.allocator = self.new
+
+            def __exit__(self, *args):
+                outer.allocator = None
+
+        class UnownedMemory:
+            def __init__(self, ptr, size, owner, device_id):
+                self.ptr, self.size, self.owner, self.device_id = ptr, size, owner, device_id
+
+        class MemoryPointer:
+            def __init__(self, memory, offset):
+                self.mem, self.ptr = memory, memory.ptr + offset
+
+        self.cuda = types.SimpleNamespace(
+            Device=Device,
+            ExternalStream=ExternalStream,
+            using_allocator=UsingAllocator,
+            get_current_stream=lambda device_id=-1: types.SimpleNamespace(ptr=outer.current_stream),
+            UnownedMemory=UnownedMemory,
+            MemoryPointer=MemoryPointer,
+        )
+
+
+def test_on_a_side_stream_cupy_runs_on_torchs_stream_with_memory_torch_allocated(monkeypatch):
+    import sys
+    import types
+
+    from fffcore import bridging
+
+    cupy = _StandInCupy()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    allocated = []
+
+    def torch_bytes(size, device_index):  # stands for torch.empty on the CUDA device
+        allocated.append((size, device_index, cupy.current_stream))
+        return torch.zeros(size, dtype=torch.uint8)
+
+    monkeypatch.setattr(bridging, "_torch_bytes", torch_bytes)
+    x = types.SimpleNamespace(device=types.SimpleNamespace(index=3))
+
+    monkeypatch.setattr(bridging, "_current_stream", lambda torch_module, index: 0)
+    assert bridging._torch_stream_context(x) is None  # the default stream is cupy's too: nothing to do
+
+    monkeypatch.setattr(bridging, "_current_stream", lambda torch_module, index: 0x5EED)
+    bridge = find_bridge("torch", "cuda", ("cupy",))
+    with bridge.call_context(x):
+        assert ("stream", (0x5EED, 3)) in cupy.entered and cupy.current_stream == 0x5EED
+        pointer = cupy.allocator(24)
+        assert allocated == [(24, 3, 0x5EED)]  # a tensor of torch's, while cupy's stream is torch's
+        owner = pointer.mem.owner
+        assert pointer.ptr == owner.data_ptr() and pointer.mem.size == 24
+        # The result comes back as the tensor torch allocated, viewed with the result's dtype and shape.
+        result = types.SimpleNamespace(
+            data=types.SimpleNamespace(ptr=pointer.ptr),
+            flags=types.SimpleNamespace(c_contiguous=True),
+            nbytes=24,
+            dtype=np.dtype("float32"),
+            shape=(2, 3),
+        )
+        y = bridge.to_source(result)
+        assert y.data_ptr() == owner.data_ptr() and y.shape == (2, 3) and y.dtype == torch.float32
+    assert cupy.allocator is None and cupy.current_stream == 0  # all undone after the call
+    assert bridging._call_allocations.get() is None
+
+
+@cuda
+def test_a_cuda_graph_captures_a_cupy_call_and_replays_it():
+    if not _cupy_available():
+        pytest.skip("the cupy backend is not available here")
+    from fffcore.torch import to_torch
+
+    params = to_torch(PARAMS, "cuda")
+    static_x = torch.randn(64, 6, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch asks before a capture
+        for _ in range(3):
+            fffcore.fff(static_x, params, backend="cupy")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = fffcore.fff(static_x, params, backend="cupy")
+    for _ in range(2):
+        x = torch.randn(64, 6, device="cuda")
+        static_x.copy_(x)
+        graph.replay()
+        torch.testing.assert_close(static_y, fffcore.fff(x, params, backend="cupy"), rtol=0, atol=0)

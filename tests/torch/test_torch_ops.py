@@ -151,6 +151,21 @@ def test_compile_on_cuda_tensors_equals_eager():
     np.testing.assert_allclose(model[1](model[0](second)).cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@cuda
+def test_reduce_overhead_compile_replays_equal_eager_calls():
+    # torch's CUDA graphs warm up on the first call, record on the second and replay from the third:
+    # each input below is new, so only a replay that runs the layer's kernels on it can match.
+    model = _model(None).to("cuda").eval()
+    compiled = torch.compile(model, mode="reduce-overhead")
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    with torch.inference_mode():
+        for _ in range(5):
+            x = torch.randn(8, 12, generator=generator, device="cuda")
+            # The FFF layer's bits are the eager ones; the compiled tanh may round an ulp apart, which
+            # float32's default tolerances (rtol 1.3e-6, atol 1e-5) cover. A stale replay would not be close.
+            torch.testing.assert_close(compiled(x).clone(), model(x))
+
+
 def test_repr_names_the_backend_the_automatic_choice_takes():
     block = FFFInference(PARAMS)
     expected = fffcore.resolve_backend(torch.zeros(1, 12), block.params()).name
