@@ -26,7 +26,9 @@
 # (default "0 1 2 3 4 5 6 7 8 9"), GPU_CHECK_PARALLEL (processes at once; default the cores less two,
 # at most 12), GPU_CHECK_RESULTS_DIR (default benchmarks/results), GPU_CHECK_COPY_TO (a folder that also
 # receives the results and logs; default $OUT when set), GPU_CHECK_DRY_RUN=1 (no GPU needed: runs the
-# benchmark with --dry-run; the GPU steps fail and are recorded, which is what a dry run checks).
+# benchmark with --dry-run; the GPU steps fail and are recorded, which is what a dry run checks),
+# GPU_CHECK_CORRECTNESS_SECONDS (the correctness phase's limit, default 160) and GPU_CHECK_BENCH_OPTIONS
+# (more options for the benchmark, e.g. "--dtypes float32 --no-training" for a shorter run).
 
 set -u
 cd "$(dirname "$0")/.."
@@ -153,7 +155,7 @@ fi
 run_step backends 20 "${FFF[@]}" backends
 
 # 3. Correctness, in parallel: the conformance suite (longest jobs first) and the CUDA tests.
-PHASE_LIMIT=160
+PHASE_LIMIT=${GPU_CHECK_CORRECTNESS_SECONDS:-160}
 PHASE_DEADLINE=$(($(date +%s) + PHASE_LIMIT))
 echo "=== correctness (limit ${PHASE_LIMIT}s, $PARALLEL at once; seeds: $SEEDS)"
 ONE_THREAD=(env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1)
@@ -176,7 +178,7 @@ done
 finish_jobs
 
 # 4. The benchmark, alone; it records the steps above in its results file.
-BENCH_OPTIONS=()
+read -r -a BENCH_OPTIONS <<<"${GPU_CHECK_BENCH_OPTIONS:-}"
 [ "$DRY_RUN" = 1 ] && BENCH_OPTIONS+=("--dry-run")
 echo "=== benchmark (limit 180s)"
 timeout --kill-after=5 180 "$PYTHON" -m benchmarks.studies.gpu_bench --out "$RESULTS" --plot "${RESULTS%.json}.png" \
