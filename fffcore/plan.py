@@ -70,26 +70,23 @@ class Plan:
 
     def fff(self, x: Any, params: FFFParams) -> Any:
         """The layer's output (..., d_out) for ``x`` (..., d_in), in ``x``'s array type and on its device."""
-        context = self._call_context(x)
-        if context is None:
+        bridge = self.bridge
+        if bridge is None or bridge.call_context is None:  # no context to enter: the call at one row stays short
             return self._fff(x, params)
-        with context:
-            return self._fff(x, params)
+        return self._in_call_context(x, self._fff, x, params)
 
     def cmm(self, x: Any, params: FFFParams) -> tuple[Any, Any]:
         """``(logits, nodes)``, each (..., K, D+1), in ``x``'s array type and on its device."""
-        context = self._call_context(x)
-        if context is None:
-            return self._cmm(x, params)
-        with context:
-            return self._cmm(x, params)
+        return self._in_call_context(x, self._cmm, x, params)
 
-    def _call_context(self, x: Any) -> Any:
-        """The bridge's context for this call (where the backend's work runs), or None."""
+    def _in_call_context(self, x: Any, run: Callable[..., Any], *arguments: Any) -> Any:
+        """``run(*arguments)``, inside the bridge's context for ``x`` (where the backend's work runs) if any."""
         bridge = self.bridge
-        if bridge is None or bridge.call_context is None:
-            return None
-        return bridge.call_context(x)
+        context = None if bridge is None or bridge.call_context is None else bridge.call_context(x)
+        if context is None:
+            return run(*arguments)
+        with context:
+            return run(*arguments)
 
     def _fff(self, x: Any, params: FFFParams) -> Any:
         bridge = self.bridge
@@ -116,11 +113,7 @@ class Plan:
         """``(grad_x (..., d_in), grad_w_in, grad_b_in or None, grad_w_out)`` for ``grad_y`` (..., d_out)
         of array type ``grad_kind``, checked here against ``x``."""
         check_grad_y(x, params, grad_y, grad_kind)
-        context = self._call_context(x)
-        if context is None:
-            return self._backward(x, params, grad_y)
-        with context:
-            return self._backward(x, params, grad_y)
+        return self._in_call_context(x, self._backward, x, params, grad_y)
 
     def _backward(self, x: Any, params: FFFParams, grad_y: Any) -> tuple[Any, Any, Any, Any]:
         bridge = self.bridge

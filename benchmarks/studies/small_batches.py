@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fffcore.benchmarks.timing import WALL, Stopwatch, rotating
+from fffcore.benchmarks.timing import WALL
 from fffcore.params import FFFParams
 
 WIDTH = 768
@@ -42,9 +41,6 @@ BATCHES = (1, 128)
 DTYPES = ("float32", "bfloat16")
 #: Distinct inputs the eager calls rotate through (paths and cached weights differ between calls).
 POOL = 16
-#: Calls per timed sample, and samples; the median sample is reported.
-CALLS_PER_SAMPLE = 50
-SAMPLES = 9
 #: Calls counted by the profiler and the allocation counters.
 COUNTED_CALLS = 10
 #: FFF must be at least this many times faster than dense (eager against eager) at each small batch.
@@ -72,19 +68,6 @@ class SmallBatchResult:
     #: What was not measured here and why (the CUDA-only columns on the CPU).
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-def median_seconds(call: Callable[[], Any], stopwatch: Stopwatch) -> float:
-    """Median over SAMPLES samples of CALLS_PER_SAMPLE calls, in seconds per call (after three warm-up calls)."""
-    for _ in range(3):
-        call()
-    samples = []
-    for _ in range(SAMPLES):
-        begin = stopwatch.start()
-        for _ in range(CALLS_PER_SAMPLE):
-            call()
-        samples.append(stopwatch.stop(begin) / CALLS_PER_SAMPLE)
-    return statistics.median(samples)
 
 
 def captured(call: Callable[[Any], Any], example: Any) -> tuple[Callable[[Any], Any], Any]:
@@ -168,7 +151,11 @@ def _cupy_counter() -> Any:
     return AllocationCounter()
 
 
-def measure(dtype: str, batch: int, device: str, stopwatch: Stopwatch) -> SmallBatchResult:
+#: ``timed(call, inputs)``: median seconds per call of ``call`` on each of ``inputs`` in turn.
+Timer = Callable[[Callable[[Any], Any], Sequence[Any]], float]
+
+
+def measure(dtype: str, batch: int, device: str, timed: Timer) -> SmallBatchResult:
     """Every column of one (dtype, batch); never raises (each failure is an entry of ``errors``)."""
     import torch
 
@@ -185,8 +172,8 @@ def measure(dtype: str, batch: int, device: str, stopwatch: Stopwatch) -> SmallB
     dense = make_dense_torch(WIDTH, HIDDEN, WIDTH, dtype=dtype, device=device)
     try:
         result.backend = fffcore.resolve_backend(pool[0], module.params(), None).name
-        result.fff_seconds = median_seconds(rotating(module, pool), stopwatch)
-        result.dense_seconds = median_seconds(rotating(dense, pool), stopwatch)
+        result.fff_seconds = timed(module, pool)
+        result.dense_seconds = timed(dense, pool)
         result.speedup_vs_dense = result.dense_seconds / result.fff_seconds
     except Exception as error:
         result.errors.append(f"eager: {_one_line(error)}")
@@ -198,8 +185,8 @@ def measure(dtype: str, batch: int, device: str, stopwatch: Stopwatch) -> SmallB
         one_call = lambda: module(pool[1])  # noqa: E731
         _try(result, "kernel launches", lambda: setattr(result, "kernel_launches", launches_per_call(one_call)))
         _try(result, "allocations", lambda: _set_allocations(result, one_call))
-        _try(result, "fff CUDA graph", lambda: _time_graph(result, "fff", module, pool, True, stopwatch))
-        _try(result, "dense CUDA graph", lambda: _time_graph(result, "dense", dense, pool, False, stopwatch))
+        _try(result, "fff CUDA graph", lambda: _time_graph(result, "fff", module, pool, True, timed))
+        _try(result, "dense CUDA graph", lambda: _time_graph(result, "dense", dense, pool, False, timed))
 
     def compiled() -> None:
         call = torch.compile(_holder(module), mode="reduce-overhead")
@@ -208,7 +195,7 @@ def measure(dtype: str, batch: int, device: str, stopwatch: Stopwatch) -> SmallB
                 call(x)
             # A replay on an input the warm-up and the recording never saw, against the eager call.
             result.compiled_matches_eager = bool(torch.equal(call(pool[3]).clone(), module(pool[3])))
-            result.fff_compiled_seconds = median_seconds(rotating(call, pool), stopwatch)
+            result.fff_compiled_seconds = timed(call, pool)
 
     _try(result, "torch.compile", compiled)
     return result
@@ -241,7 +228,7 @@ def _time_graph(
     call: Callable[[Any], Any],
     pool: Sequence[Any],
     check: bool,
-    stopwatch: Stopwatch,
+    timed: Timer,
 ) -> None:
     """Capture ``call`` in a CUDA graph, time its replays and (``check``) compare a replay with the eager call."""
     import torch
@@ -251,7 +238,7 @@ def _time_graph(
         if check:
             # An input the capture never saw: equal only if the replay ran the call's kernels on it.
             result.graph_matches_eager = bool(torch.equal(replay(pool[1]).clone(), call(pool[1])))
-        setattr(result, f"{which}_graph_seconds", median_seconds(rotating(replay, pool), stopwatch))
+        setattr(result, f"{which}_graph_seconds", timed(replay, pool))
 
 
 def _try(result: SmallBatchResult, what: str, step: Callable[[], None]) -> None:
@@ -268,13 +255,14 @@ def _one_line(error: BaseException) -> str:
 
 def run(device: str, dtypes: Sequence[str] = DTYPES, batches: Sequence[int] = BATCHES) -> list[dict[str, Any]]:
     """Every (dtype, batch) on ``device``, as dictionaries for a results file (CUDA events on CUDA)."""
-    if device == "cuda":
-        from benchmarks.studies.gpu_bench import torch_event_stopwatch
+    from benchmarks.studies.gpu_bench import time_with, torch_event_stopwatch
 
-        stopwatch = torch_event_stopwatch()
-    else:
-        stopwatch = WALL
-    return [asdict(measure(dtype, batch, device, stopwatch)) for dtype in dtypes for batch in batches]
+    stopwatch = torch_event_stopwatch() if device == "cuda" else WALL
+
+    def timed(call: Callable[[Any], Any], inputs: Sequence[Any]) -> float:
+        return time_with(call, inputs, stopwatch)[0]
+
+    return [asdict(measure(dtype, batch, device, timed)) for dtype in dtypes for batch in batches]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -209,22 +209,26 @@ def test_steps_map_exit_codes() -> None:
     assert gpu_bench.read_step("a=2:/nonexistent/log")["log_tail"].startswith("(log unreadable")
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: Path) -> None:
+def rehearse(tmp_path: Path, **settings: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """gpu_check.sh run as a rehearsal (GPU_CHECK_DRY_RUN=1) with ``settings``, writing into ``tmp_path``:
+    the finished process and its results file."""
     env = dict(
         os.environ,
         GPU_CHECK_DRY_RUN="1",
         GPU_CHECK_RESULTS_DIR=str(tmp_path),
         PYTHON=sys.executable,
-        FFF_CHECK_EXAMPLES="1",
-        FFF_CHECK_THOROUGH_EXAMPLES="1",
-        GPU_CHECK_SEEDS="0",
         GPU_CHECK_COPY_TO="",
         OUT="",
+        **settings,
     )
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600, check=False)
     (results,) = tmp_path.glob("gpu_*.json")
-    report = read(results)
+    return run, read(results)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: Path) -> None:
+    run, report = rehearse(tmp_path, FFF_CHECK_EXAMPLES="1", FFF_CHECK_THOROUGH_EXAMPLES="1", GPU_CHECK_SEEDS="0")
     steps = {step["name"]: step for step in report["steps"]}
     gpu_checks = [
         f"check_{name}seed0"
@@ -251,25 +255,18 @@ def test_the_whole_script_in_dry_run_records_the_gpu_steps_as_failed(tmp_path: P
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_jobs_that_cannot_start_before_the_deadline_are_recorded_as_not_started(tmp_path: Path) -> None:
     # A correctness phase of 5 s leaves no job the 10 s it needs to start: each one is recorded, none runs.
-    env = dict(
-        os.environ,
-        GPU_CHECK_DRY_RUN="1",
-        GPU_CHECK_RESULTS_DIR=str(tmp_path),
-        PYTHON=sys.executable,
+    run, report = rehearse(
+        tmp_path,
         GPU_CHECK_SEEDS="0 1",
         GPU_CHECK_CORRECTNESS_SECONDS="5",
         GPU_CHECK_BENCH_OPTIONS="--dtypes float32 --batches 1 --no-small-batches --no-training",
-        GPU_CHECK_COPY_TO="",
-        OUT="",
     )
-    run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300, check=False)
-    (results,) = tmp_path.glob("gpu_*.json")
-    steps = {step["name"]: step["status"] for step in read(results)["steps"]}
+    steps = {step["name"]: step["status"] for step in report["steps"]}
     assert len(steps) == 1 + 2 * 5 + 1  # backends, five checks per seed, the CUDA tests
     assert steps.pop("backends") == "passed"
     assert set(steps.values()) == {"not started"}, steps
     assert run.returncode == 1  # the CUDA tests did not run: not a pass, even in a dry run
-    assert [r["batch"] for r in read(results)["results"]] == [1]  # the benchmark still ran, as asked
+    assert [r["batch"] for r in report["results"]] == [1]  # the benchmark still ran, as asked
 
 
 def _cupy_runs_here() -> bool:
